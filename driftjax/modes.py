@@ -1,0 +1,38 @@
+"""Dispatch from a mode name to the library call that runs it."""
+
+import os
+
+from absl import logging
+import jax
+import ml_collections
+
+MODES = ("toy2d",)
+
+
+def maybe_initialize_distributed() -> None:
+  """Joins a multi-host job when the environment describes one; a single host needs and does nothing.
+
+  - JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID: explicit (GPU hosts; launch/gpu_host.sh);
+  - DRIFTJAX_DISTRIBUTED=1 (launch/tpu_pod.sh), or a SLURM / Open MPI job of several tasks: JAX's own cluster
+    detection (Cloud TPU pods, SLURM, Open MPI).
+  """
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {missing} are not")
+    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+  elif (env.get("DRIFTJAX_DISTRIBUTED") == "1" or int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1):
+    jax.distributed.initialize()
+  else:
+    logging.info("single host: jax.distributed not initialized")
+
+
+def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+  if mode == "toy2d":
+    from driftjax import toy2d
+    toy2d.run(config, workdir)
