@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import ml_collections
 
-MODES = ("toy2d",)
+MODES = ("describe", "toy2d")
 
 
 def maybe_initialize_distributed() -> None:
@@ -33,6 +33,9 @@ def maybe_initialize_distributed() -> None:
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-  if mode == "toy2d":
+  if mode == "describe":
+    from driftjax import describe
+    describe.run(config)
+  elif mode == "toy2d":
     from driftjax import toy2d
     toy2d.run(config, workdir)

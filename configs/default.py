@@ -1,0 +1,78 @@
+"""The seed's setup at full size: GPT-2 small as the frozen encoder, a 130M DiT generator, TinyStories.
+
+python -m driftjax.main --config=configs/default.py --workdir=DIR
+Where the paper's own (ImageNet) settings differ, the comment says so.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.mode = "train"  # Default mode; --mode overrides it.
+  config.seed = 0
+
+  # Generator (driftjax.models.generator.GeneratorConfig): DiT with RoPE, SwiGLU, RMSNorm, QK-norm, adaLN-Zero.
+  config.model = ml_collections.ConfigDict()
+  config.model.seq_len = 256  # Tokens per sample (the seed's length).
+  config.model.width = 768
+  config.model.depth = 12
+  config.model.heads = 12
+  config.model.mlp_ratio = 8 / 3  # SwiGLU hidden = 2048 at width 768: about 130M parameters in all.
+  config.model.noise_dim = 768  # Per-position Gaussian noise width.
+  config.model.style_tokens = 32  # Style vector = sum of 32 embeddings drawn from a 64-entry codebook.
+  config.model.style_codebook = 64
+  config.model.pos_init_scale = 1.0  # Position signal at the noise's scale (0.02 was drowned; ALGORITHM.md 7).
+  config.model.dtype = "float32"  # Compute dtype; "bfloat16" on TPU/GPU. Parameters stay float32.
+
+  # Frozen feature encoder: GPT-2 in Flax NNX with Hugging Face weights (hub name or local folder).
+  config.encoder = ml_collections.ConfigDict()
+  config.encoder.name = "gpt2"
+  config.encoder.tokenizer = "gpt2"  # GPT-2's vocabulary ships with driftjax: works offline.
+  config.encoder.dtype = "float32"
+
+  # Drift features and field (ALGORITHM.md sections 2-3).
+  config.drift = ml_collections.ConfigDict()
+  config.drift.layers = (3, 6, 9, 12)  # Hidden states (HF indexing: 12 = after the final norm).
+  config.drift.raw = True  # Also the embeddings themselves ("raw"): pulls outputs onto real tokens.
+  config.drift.poolings = ("pos", "mean", "std", "win4_mean", "win4_std", "win16_mean", "win16_std", "rms")
+  config.drift.temperatures = (0.02, 0.05, 0.2)  # Relative to the mean distance (the paper's set).
+  config.drift.softmax = "double"  # Ablations: double_floor | cols | separate | none.
+  config.drift.drift_norm = "per_temperature"  # Ablations: after_sum | none.
+  config.drift.temperature_units = "mean_distance"  # Ablation: feature.
+  config.drift.self_mask = 100.0
+
+  # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "hf:roneneldan/TinyStories"  # Or files:<glob> (.txt / .jsonl), or synthetic.
+  config.data.split = "train"  # For hf: sources.
+  config.data.groups = 1  # G; groups shard over the data axis of the mesh.
+  config.data.n_gen = 64  # Generated samples per group.
+  config.data.n_pos = 64  # Fresh real samples per group per step.
+  config.data.queue_size = 0  # Earlier real samples per group added as positives (paper: more positives help).
+  config.data.pack = False  # Pad each story with end-of-text (False) or pack stories into rows (True).
+  config.data.holdout = 0  # Rows held out of training as the data reference (files:/synthetic sources).
+  config.data.synthetic_docs = 0  # Stories drawn from the grammar for data.source=synthetic.
+
+  # AdamW with linear warmup then cosine decay (the seed's settings).
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 1e-4  # The paper's ImageNet runs use a larger batch and lr (their Table 8).
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.95
+  config.optim.weight_decay = 0.05  # Matrices only; norms and biases are not decayed.
+  config.optim.warmup_steps = 5000
+  config.optim.total_steps = 100_000
+  config.optim.final_lr_fraction = 0.1  # Cosine decays to lr * this.
+  config.optim.clip = 2.0  # Global gradient-norm clipping.
+  config.optim.ema_decay = 0.999  # EMA of generator parameters, used for sampling.
+
+  # The loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.num_devices = 0  # 0: every device; the mesh has one "data" axis.
+  config.train.fsdp = False  # Shard generator params and optimizer state over "data" (large generators).
+  config.train.log_every = 50  # Metrics every N steps (read one step late).
+  config.train.checkpoint_every = 1000
+  config.train.keep_checkpoints = 3
+  config.train.async_checkpoints = True
+  config.train.stop_after_steps = 0  # Stop (after a checkpoint) once this run has done N steps; 0: never.
+  return config

@@ -1,0 +1,62 @@
+"""Builds the pieces a mode needs from a config: tokenizer, frozen encoder, generator and step settings."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from driftjax.data import tokenizer as tok_lib
+from driftjax.models import generator as gen_lib
+from driftjax.models import gpt2
+
+
+def generator_config(config: ml_collections.ConfigDict, out_dim: int) -> gen_lib.GeneratorConfig:
+  m = config.model
+  return gen_lib.GeneratorConfig(seq_len=m.seq_len, width=m.width, depth=m.depth, heads=m.heads,
+                                 mlp_ratio=m.mlp_ratio, noise_dim=m.noise_dim, out_dim=out_dim,
+                                 style_tokens=m.style_tokens, style_codebook=m.style_codebook,
+                                 pos_init_scale=m.pos_init_scale, dtype=m.dtype)
+
+
+def encoder_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The encoder's hub name or folder; a random encoder (smoke tests) lives in workdir/random_gpt2."""
+  if config.encoder.get("random") and config.encoder.random.enabled:
+    return os.path.join(workdir, "random_gpt2")
+  return config.encoder.name
+
+
+def write_random_encoder(config: ml_collections.ConfigDict, path: str, vocab_size: int, eos_id: int) -> None:
+  """A random GPT-2 in the Hugging Face layout, written once (tiny configs that need no real weights)."""
+  if os.path.exists(os.path.join(path, "model.safetensors")):
+    return
+  r = config.encoder.random
+  cfg = gpt2.GPT2Config(vocab_size=vocab_size, n_positions=r.n_positions, n_embd=r.n_embd, n_layer=r.n_layer,
+                        n_head=r.n_head, eos_token_id=eos_id)
+  gpt2.save_gpt2(gpt2.GPT2(cfg, rngs=nnx.Rngs(r.seed)), path)
+
+
+def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str):
+  tokenizer = tok_lib.load_tokenizer(config.encoder.tokenizer)
+  path = encoder_path(config, workdir)
+  if config.encoder.get("random") and config.encoder.random.enabled and jax.process_index() == 0:
+    write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
+  encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype))
+  if encoder.cfg.vocab_size < len(tokenizer):
+    raise ValueError(f"encoder {path!r} has {encoder.cfg.vocab_size} token embeddings but tokenizer "
+                     f"{config.encoder.tokenizer!r} has {len(tokenizer)} tokens")
+  if config.model.seq_len > encoder.cfg.n_positions:
+    raise ValueError(f"model.seq_len={config.model.seq_len} exceeds the encoder's {encoder.cfg.n_positions} "
+                     "positions")
+  bad = [i for i in config.drift.layers if not 0 <= i <= encoder.cfg.n_layer]
+  if bad:
+    raise ValueError(f"drift.layers {bad} out of range for an encoder of {encoder.cfg.n_layer} layers")
+  return encoder, tokenizer
+
+
+def mean_token_embedding(encoder: gpt2.GPT2, vocab_size: int) -> jax.Array:
+  """Mean of the token embeddings the tokenizer can produce: the generator's output bias at init."""
+  return jnp.mean(encoder.wte.value[:vocab_size], axis=0)

@@ -1,0 +1,1 @@
+"""Data: tokenizers (tokenizer.py); the input pipeline and corpora come with training."""

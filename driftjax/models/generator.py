@@ -1,0 +1,165 @@
+"""The one-step generator (ALGORITHM.md section 5): a DiT-style transformer from noise to token embeddings.
+
+noise (B, L, noise_dim) -> linear + learned position signal -> blocks of [RMSNorm, adaLN-Zero modulation,
+attention with QK-norm and 1D RoPE] and [RMSNorm, adaLN-Zero, SwiGLU] -> final norm with adaLN shift/scale ->
+linear to the encoder's embedding width, whose bias starts at the mean token embedding.
+Conditioning: a style vector, the sum of 32 embeddings drawn at random from a 64-entry codebook.
+Parameters are float32; `dtype` sets the compute dtype (bfloat16 on accelerators).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+  seq_len: int = 256
+  width: int = 768
+  depth: int = 12
+  heads: int = 12
+  mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * width (rounded up to a multiple of 64).
+  noise_dim: int = 768
+  out_dim: int = 768  # The encoder's token-embedding width.
+  style_tokens: int = 32
+  style_codebook: int = 64
+  pos_init_scale: float = 1.0  # Comparable to the unit-scale noise, so positions stay distinguishable.
+  rope_base: float = 10000.0
+  dtype: str = "float32"  # Compute dtype; parameters stay float32.
+
+  @property
+  def mlp_hidden(self) -> int:
+    return int(np.ceil(self.mlp_ratio * self.width / 64) * 64)
+
+
+def rms_norm(x: Array, eps: float = 1e-6) -> Array:
+  xf = x.astype(jnp.float32)
+  return (xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + eps)).astype(x.dtype)
+
+
+def rope(x: Array, base: float) -> Array:
+  """Rotary position embedding over the sequence axis of x (B, L, H, D), D even (rotate-half form)."""
+  length, dim = x.shape[1], x.shape[-1]
+  freqs = base ** (-np.arange(0, dim // 2, dtype=np.float32) / (dim // 2))
+  angles = np.arange(length, dtype=np.float32)[:, None] * freqs[None]  # (L, D/2)
+  cos = jnp.asarray(np.cos(angles))[None, :, None, :]
+  sin = jnp.asarray(np.sin(angles))[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+
+
+class ScaledRMSNorm(nnx.Module):
+  """RMSNorm with a learned per-channel scale (used for QK-norm)."""
+
+  def __init__(self, dim: int):
+    self.scale = nnx.Param(jnp.ones((dim,)))
+
+  def __call__(self, x: Array) -> Array:
+    return rms_norm(x) * self.scale.value.astype(x.dtype)
+
+
+def _dense(d_in, d_out, rngs, dtype, zero=False, use_bias=True):
+  init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
+  return nnx.Linear(d_in, d_out, kernel_init=init, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                    rngs=rngs)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: GeneratorConfig, rngs: nnx.Rngs, dtype):
+    self.heads, self.head_dim, self.base = cfg.heads, cfg.width // cfg.heads, cfg.rope_base
+    self.qkv = _dense(cfg.width, 3 * cfg.width, rngs, dtype, use_bias=False)
+    self.q_norm = ScaledRMSNorm(self.head_dim)
+    self.k_norm = ScaledRMSNorm(self.head_dim)
+    self.out = _dense(cfg.width, cfg.width, rngs, dtype)
+
+  def qkv_heads(self, x: Array) -> tuple[Array, Array, Array]:
+    """q, k (QK-normed, RoPE-rotated) and v, each (B, L, H, head_dim)."""
+    b, length, _ = x.shape
+    q, k, v = (t.reshape(b, length, self.heads, self.head_dim) for t in jnp.split(self.qkv(x), 3, axis=-1))
+    return rope(self.q_norm(q), self.base), rope(self.k_norm(k), self.base), v
+
+  def __call__(self, x: Array) -> Array:
+    q, k, v = self.qkv_heads(x)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(self.head_dim)
+    probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)  # Bidirectional: the whole sequence at once.
+    return self.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape))
+
+
+class SwiGLU(nnx.Module):
+
+  def __init__(self, cfg: GeneratorConfig, rngs: nnx.Rngs, dtype):
+    self.gate_up = _dense(cfg.width, 2 * cfg.mlp_hidden, rngs, dtype, use_bias=False)
+    self.down = _dense(cfg.mlp_hidden, cfg.width, rngs, dtype, use_bias=False)
+
+  def __call__(self, x: Array) -> Array:
+    gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
+    return self.down(jax.nn.silu(gate) * up)
+
+
+class DiTBlock(nnx.Module):
+  """Pre-norm transformer block with adaLN-Zero: the identity at init (all gates zero)."""
+
+  def __init__(self, cfg: GeneratorConfig, rngs: nnx.Rngs, dtype):
+    self.attn = Attention(cfg, rngs, dtype)
+    self.mlp = SwiGLU(cfg, rngs, dtype)
+    # shift, scale, gate for attention and for the MLP, from the style vector.
+    self.ada = _dense(cfg.width, 6 * cfg.width, rngs, dtype, zero=True)
+
+  def __call__(self, x: Array, style: Array) -> Array:
+    mods = jnp.split(self.ada(jax.nn.silu(style))[:, None, :], 6, axis=-1)
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
+    x = x + gate_a * self.attn(rms_norm(x) * (1 + scale_a) + shift_a)
+    return x + gate_m * self.mlp(rms_norm(x) * (1 + scale_m) + shift_m)
+
+
+class Generator(nnx.Module):
+
+  def __init__(self, cfg: GeneratorConfig, *, rngs: nnx.Rngs, mean_embedding: Array | None = None):
+    if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
+      raise ValueError(f"width {cfg.width} must split into {cfg.heads} heads of even size")
+    self.cfg = cfg
+    dtype = jnp.dtype(cfg.dtype)
+    self.dtype = dtype
+    self.noise_in = _dense(cfg.noise_dim, cfg.width, rngs, dtype)
+    self.pos = nnx.Param(cfg.pos_init_scale * jax.random.normal(rngs.params(), (cfg.seq_len, cfg.width)))
+    self.style_codebook = nnx.Embed(cfg.style_codebook, cfg.width, embedding_init=nnx.initializers.normal(1.0),
+                                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.blocks = nnx.List([DiTBlock(cfg, rngs, dtype) for _ in range(cfg.depth)])
+    self.final_ada = _dense(cfg.width, 2 * cfg.width, rngs, dtype, zero=True)
+    self.out = _dense(cfg.width, cfg.out_dim, rngs, dtype)
+    if mean_embedding is not None:
+      if mean_embedding.shape != (cfg.out_dim,):
+        raise ValueError(f"mean_embedding must be ({cfg.out_dim},), got {mean_embedding.shape}")
+      self.out.bias.value = jnp.asarray(mean_embedding, jnp.float32)
+
+  def style(self, style_ids: Array) -> Array:
+    """Style vector (B, W) from codebook indices (B, style_tokens): the normalized sum of their embeddings."""
+    return jnp.sum(self.style_codebook(style_ids), axis=1) / np.sqrt(self.cfg.style_tokens)
+
+  def __call__(self, noise: Array, style_ids: Array) -> Array:
+    """noise (B, L, noise_dim), style_ids (B, style_tokens) int -> embeddings (B, L, out_dim), float32."""
+    cfg = self.cfg
+    if noise.shape[1:] != (cfg.seq_len, cfg.noise_dim):
+      raise ValueError(f"noise must be (B, {cfg.seq_len}, {cfg.noise_dim}), got {noise.shape}")
+    style = self.style(style_ids)
+    x = self.noise_in(noise.astype(self.dtype)) + self.pos.value.astype(self.dtype)[None]
+    for block in self.blocks:
+      x = block(x, style)
+    shift, scale = jnp.split(self.final_ada(jax.nn.silu(style))[:, None, :], 2, axis=-1)
+    return self.out(rms_norm(x) * (1 + scale) + shift).astype(jnp.float32)
+
+
+def sample_inputs(key: Array, batch: int, cfg: GeneratorConfig) -> tuple[Array, Array]:
+  """Gaussian noise (B, L, noise_dim) and style indices (B, style_tokens) for one forward pass."""
+  k_noise, k_style = jax.random.split(key)
+  noise = jax.random.normal(k_noise, (batch, cfg.seq_len, cfg.noise_dim))
+  style_ids = jax.random.randint(k_style, (batch, cfg.style_tokens), 0, cfg.style_codebook)
+  return noise, style_ids

@@ -1,0 +1,107 @@
+"""GPT-2 in Flax NNX: golden parity with transformers' PyTorch model, embeddings path, frozen gradients."""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from driftjax.models import gpt2
+
+TINY = os.path.join(os.path.dirname(__file__), "testdata", "tiny_gpt2")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return gpt2.load_gpt2(TINY)
+
+
+def test_golden_hidden_states_and_logits(tiny):
+  golden = np.load(os.path.join(TINY, "golden.npz"))
+  n_layer = tiny.cfg.n_layer
+  out = tiny(input_ids=jnp.asarray(golden["input_ids"]), hidden_layers=range(n_layer + 1), logits=True)
+  assert golden["hidden_states"].shape[0] == n_layer + 1
+  for i in range(n_layer + 1):
+    np.testing.assert_allclose(np.asarray(out["hidden"][i]), golden["hidden_states"][i], atol=1e-5, rtol=1e-5,
+                               err_msg=f"hidden state {i}")
+  np.testing.assert_allclose(np.asarray(out["logits"]), golden["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_ids_and_embeds_give_same_hidden_states(tiny):
+  ids = jax.random.randint(jax.random.key(0), (2, 12), 0, tiny.cfg.vocab_size)
+  by_ids = tiny(input_ids=ids, hidden_layers=(1, 2, 3))["hidden"]
+  by_emb = tiny(inputs_embeds=tiny.embed(ids), hidden_layers=(1, 2, 3))["hidden"]
+  chex.assert_trees_all_close(by_ids, by_emb, atol=1e-5)
+
+
+def test_gradients_reach_embeds_not_frozen_weights(tiny):
+  graphdef, state = nnx.split(tiny)
+  emb = tiny.embed(jnp.arange(8)[None])
+
+  def loss(state, emb):
+    # The training step holds the encoder's state as a plain argument under stop_gradient.
+    model = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+    return jnp.sum(model(inputs_embeds=emb, hidden_layers=(3,))["hidden"][3] ** 2)
+
+  g_state, g_emb = jax.grad(loss, argnums=(0, 1))(state, emb)
+  assert float(jnp.abs(g_emb).max()) > 0
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g_state))
+
+
+def test_sequence_longer_than_positions_is_an_error(tiny):
+  with pytest.raises(ValueError, match="sequence length 33 exceeds the encoder's 32 positions"):
+    tiny(input_ids=jnp.zeros((1, 33), jnp.int32), hidden_layers=(1,))
+
+
+def test_layer_out_of_range_is_an_error(tiny):
+  with pytest.raises(ValueError, match=r"hidden layers \[4\] out of range \[0, 3\]"):
+    tiny(input_ids=jnp.zeros((1, 4), jnp.int32), hidden_layers=(4,))
+
+
+def test_only_needed_blocks_run(tiny):
+  ids = jnp.zeros((1, 4), jnp.int32)
+  out = tiny(input_ids=ids, hidden_layers=(0, 1))
+  assert sorted(out["hidden"]) == [0, 1] and "logits" not in out
+
+
+def test_save_and_reload_round_trip(tiny, tmp_path):
+  gpt2.save_gpt2(tiny, str(tmp_path / "copy"))
+  again = gpt2.load_gpt2(str(tmp_path / "copy"))
+  ids = jnp.arange(10)[None]
+  chex.assert_trees_all_close(tiny(input_ids=ids, logits=True)["logits"],
+                              again(input_ids=ids, logits=True)["logits"], atol=1e-6)
+
+
+def test_bfloat16_compute_is_close(tiny):
+  bf = gpt2.load_gpt2(TINY, dtype=jnp.bfloat16)
+  ids = jnp.arange(16)[None]
+  h32 = tiny(input_ids=ids, hidden_layers=(3,))["hidden"][3]
+  h16 = bf(input_ids=ids, hidden_layers=(3,))["hidden"][3]
+  assert h16.dtype == jnp.bfloat16
+  assert float(jnp.abs(h16.astype(jnp.float32) - h32).max() / jnp.abs(h32).max()) < 0.05
+
+
+def test_missing_folder_and_missing_tensor_are_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a folder with config.json"):
+    gpt2.load_gpt2(str(tmp_path / "absent"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="no config.json in"):
+    gpt2.load_gpt2(str(tmp_path / "empty"))
+  from safetensors.numpy import load_file, save_file
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "config.json").write_text(open(os.path.join(TINY, "config.json")).read())
+  tensors = load_file(os.path.join(TINY, "model.safetensors"))
+  tensors.pop("transformer.h.1.mlp.c_fc.weight")
+  save_file(tensors, str(bad / "model.safetensors"))
+  with pytest.raises(ValueError, match="lacks tensor 'h.1.mlp.c_fc.weight'"):
+    gpt2.load_gpt2(str(bad))
+
+
+def test_unknown_hub_name_offline_is_a_clear_error(monkeypatch):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  with pytest.raises(OSError, match="could not fetch GPT-2 weights 'no-such-org/no-such-gpt2'"):
+    gpt2.load_gpt2("no-such-org/no-such-gpt2")
