@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   # two_modes starts collapsed: output layer scaled by this and its bias set to the first mode.
   config.toy.collapsed_out_scale = 0.05
   config.toy.eval_samples = 4096  # Energy distance: 4096 generated vs 4096 target samples.
+  config.toy.floor_pairs = 5  # Independent target-vs-target pairs averaged into the floor.
   config.toy.plot_samples = 2048
   config.toy.snapshot_fractions = (0.05, 0.25, 1.0)  # Plot columns, as fractions of steps.
   config.toy.log_every = 500

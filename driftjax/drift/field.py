@@ -41,7 +41,8 @@ class FieldConfig:
       'after_sum' (port: one normalization of the sum), 'none' (port: raw sum).
     temperature_units: 'mean_distance' (paper: R is relative to the mean distance s) or 'feature'
       (port: R is in normalized feature units, i.e. not multiplied by sqrt(C)).
-    self_mask: added to d_ii (generated vs itself) in normalized units, as in the paper's code.
+    self_mask: added to d_ii (generated vs itself) in units of the mean distance s (the paper's code adds 100
+      to d / s), so that its strength does not depend on the feature width C.
     eps: floor on squared distances (relative to the squared mean distance) before the sqrt.
     include_generated_negatives: the generated rows are also the negatives (paper). False leaves only the
       extra negatives, which tests use for exact anti-symmetry and equilibrium checks.
@@ -209,7 +210,7 @@ def drift_field(
 
   dist_n = dist / feat_scale
   if self_mask is not None:
-    dist_n = jnp.where(self_mask, dist_n + config.self_mask, dist_n)
+    dist_n = jnp.where(self_mask, dist_n + config.self_mask * jnp.sqrt(jnp.float32(c)), dist_n)
   unit = jnp.sqrt(jnp.float32(c)) if config.temperature_units == "mean_distance" else 1.0
 
   safe_w = jnp.maximum(col_w, 1e-30)
