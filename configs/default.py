@@ -75,4 +75,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3
   config.train.async_checkpoints = True
   config.train.stop_after_steps = 0  # Stop (after a checkpoint) once this run has done N steps; 0: never.
+  config.train.eval_every = 0  # Quick evaluation of EMA samples every N steps (0: off).
+  config.train.eval_samples = 16  # Samples per quick evaluation.
+
+  # --mode=sample: the EMA generator of DIR's latest checkpoint (or `step`), one forward pass per batch.
+  config.sample = ml_collections.ConfigDict()
+  config.sample.step = -1  # -1: the latest checkpoint.
+  config.sample.n_samples = 64
+  config.sample.batch = 16
+  config.sample.metric = "l2"  # Nearest token by "l2" or "cosine" distance.
+  config.sample.temperature = 0.0  # 0: nearest token; T > 0: sample from softmax(-distance / T).
+  config.sample.top_k = 0  # With T > 0: sample among the k nearest tokens (0: the whole vocabulary).
+  config.sample.seed = 1
+  config.sample.print_samples = 3
+
+  # --mode=eval: metrics of a samples file with reference rows (held-out data, the evaluator's own samples).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.samples_file = ""  # Default: DIR/samples' latest.
+  config.eval.evaluator = "gpt2-large"  # Hub name or HF folder; "" uses the encoder itself.
+  config.eval.evaluator_tokenizer = ""  # Default: the evaluator's own name.
+  config.eval.data_split = "validation"  # For hf: sources, the split of the data reference.
+  config.eval.bleu_samples = 200  # Self-BLEU over the first N samples (it is quadratic).
+  config.eval.sweep_temperatures = ()  # E.g. (0.5, 1.0, 2.0): a gen-PPL vs entropy frontier plot.
+  config.eval.seed = 2
   return config

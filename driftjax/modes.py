@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import ml_collections
 
-MODES = ("describe", "toy2d")
+MODES = ("train", "describe", "toy2d")
 
 
 def maybe_initialize_distributed() -> None:
@@ -33,7 +33,10 @@ def maybe_initialize_distributed() -> None:
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-  if mode == "describe":
+  if mode == "train":
+    from driftjax import train
+    train.train(config, workdir)
+  elif mode == "describe":
     from driftjax import describe
     describe.run(config)
   elif mode == "toy2d":

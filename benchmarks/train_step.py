@@ -1,0 +1,129 @@
+"""Train-step speed, FLOP/s, MFU and peak memory for the smoke, demo and default configs, in one run.
+
+    .venv/bin/python benchmarks/train_step.py [--configs=smoke,default] [--steps=5] [--default_batch=8]
+
+Each config runs in its own subprocess (so that its peak resident memory is its own), with a random GPT-2 of
+the config's architecture as the encoder (no weights needed; the compute is the same). The default config runs
+at a reduced batch (groups=1, n_gen=n_pos=--default_batch) so that it fits this CPU. Achieved FLOP/s come from
+XLA's cost analysis of the compiled step; the peak is a large float32 (and bfloat16) matmul measured in the same
+run. Prints a table, then the default config's MFU last.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
+  import jax
+  import jax.numpy as jnp
+  dtype = jnp.dtype(dtype_name)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n ** 3 / sorted(times)[len(times) // 2]
+
+
+def config_for(name: str, default_batch: int):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config()
+  if name == "default":
+    import ml_collections
+    config.encoder.random = ml_collections.ConfigDict(dict(enabled=True, n_layer=12, n_embd=768, n_head=12,
+                                                           n_positions=1024, seed=0))
+    config.data.source = "files:" + os.path.join(ROOT, "..", "shared", "data", "tinystories", "dev.txt")
+    config.data.groups = 1
+    config.data.n_gen = default_batch
+    config.data.n_pos = default_batch
+  config.train.async_checkpoints = False
+  return config
+
+
+def measure(name: str, steps: int, default_batch: int) -> dict:
+  """Runs in the child process: compile, time `steps` steps, read the cost analysis and peak memory."""
+  import jax
+  import numpy as np
+  from driftjax import train
+  config = config_for(name, default_batch)
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = train.setup(config, workdir)
+    state = trainer.init_state()
+    batch = trainer.next_batch()
+    t0 = time.perf_counter()
+    compiled = trainer.step_fn.lower(state, batch, trainer.enc_state).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0))
+    state, metrics = compiled(state, batch, trainer.enc_state)  # Warm-up.
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+      batch = trainer.next_batch()
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch, trainer.enc_state)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t)
+    step_s = float(np.median(times))
+    c = trainer.cfg
+    tokens = c.groups * c.n_gen * config.model.seq_len
+    return {"config": name, "batch": f"{c.groups}x({c.n_gen}+{c.n_pos}+q{c.queue_size})",
+            "seq_len": config.model.seq_len, "step_s": step_s, "steps_per_s": 1 / step_s,
+            "gen_tokens_per_s": tokens / step_s, "xla_flops": flops, "flops_per_s": flops / step_s,
+            "compile_s": compile_s, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--configs", default="smoke,demo,default")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--default_batch", type=int, default=8)
+  parser.add_argument("--child", default="")
+  args = parser.parse_args()
+  if args.child:
+    print("RESULT" + json.dumps(measure(args.child, args.steps, args.default_batch)))
+    return
+  import jax
+  peak32 = matmul_peak("float32")
+  peak16 = matmul_peak("bfloat16")
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; matmul peak float32 {peak32 / 1e9:.1f} "
+        f"GFLOP/s, bfloat16 {peak16 / 1e9:.1f} GFLOP/s")
+  rows = []
+  for name in args.configs.split(","):
+    if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
+      print(f"skip {name}: no configs/{name}.py")
+      continue
+    proc = subprocess.run([sys.executable, __file__, f"--child={name}", f"--steps={args.steps}",
+                           f"--default_batch={args.default_batch}"], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+      print(f"{name} failed:\n{proc.stderr[-2000:]}")
+      continue
+    row = json.loads(proc.stdout.split("RESULT")[-1])
+    row["mfu_f32"] = row["flops_per_s"] / peak32
+    rows.append(row)
+  header = ("config", "batch", "seq_len", "step_s", "steps_per_s", "gen_tokens_per_s", "flops_per_s", "mfu_f32",
+            "compile_s", "peak_rss_gib")
+  print(" | ".join(header))
+  for r in rows:
+    print(" | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in header))
+  for r in rows:
+    if r["config"] == "default":
+      print(f"default config MFU (float32 matmul peak): {r['mfu_f32']:.1%}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,138 @@
+"""The train state and the pure, jit-able training step (ALGORITHM.md sections 3-4).
+
+noise -> generator -> embeddings E; frozen GPT-2 features of E (inputs_embeds) and of real ids (input_ids)
+at the configured layers, plus the raw embeddings; poolings; the drift loss summed over feature keys; AdamW
+with warmup + cosine and clipping; EMA of the generator. The real-sample queue (token ids, G x Q x L) lives in
+the state: positives of group g are its fresh real rows plus its queued ones (empty slots weigh 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from driftjax.drift import features as feat_lib
+from driftjax.drift import field as field_lib
+from driftjax.models import generator as gen_lib
+
+Array = jax.Array
+TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the step (hashable)."""
+  gen: gen_lib.GeneratorConfig
+  field: field_lib.FieldConfig
+  groups: int
+  n_gen: int
+  n_pos: int
+  queue_size: int
+  layers: tuple[int, ...]
+  raw: bool
+  poolings: tuple[str, ...]
+  ema_decay: float
+
+  @property
+  def positives(self) -> int:
+    return self.n_pos + self.queue_size
+
+
+def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warmup then cosine decay, after global-norm clipping; no decay of vectors (norms, biases)."""
+  if not 0 <= optim.warmup_steps < optim.total_steps:
+    raise ValueError(f"optim.warmup_steps={optim.warmup_steps} must be in [0, optim.total_steps="
+                     f"{optim.total_steps})")
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optim.lr, warmup_steps=optim.warmup_steps, decay_steps=optim.total_steps,
+      end_value=optim.lr * optim.final_lr_fraction)
+  tx = optax.chain(
+      optax.clip_by_global_norm(optim.clip),
+      optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
+                  mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)))
+  return tx, schedule
+
+
+def init_state(key: Array, graphdef_fn, tx: optax.GradientTransformation, cfg: StepConfig, seq_len: int,
+               eos_id: int) -> TrainState:
+  """A fresh state; graphdef_fn(key) builds the generator (so that jit can create it sharded)."""
+  k_model, k_rng = jax.random.split(key)
+  params = nnx.state(graphdef_fn(k_model), nnx.Param)
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "ema": jax.tree.map(jnp.copy, params),
+      "opt_state": tx.init(params),
+      "queue": jnp.full((cfg.groups, cfg.queue_size, seq_len), eos_id, jnp.int32),
+      "queue_filled": jnp.zeros((cfg.groups, cfg.queue_size), jnp.float32),
+      "rng": jax.random.key_data(k_rng),
+  }
+
+
+def feature_dict(encoder, emb: Array | None, ids: Array | None, cfg: StepConfig,
+                 key: Array | None = None) -> dict[str, Array]:
+  """Pooled features {'<layer>/<pooling>': (B, P, C)} of embeddings (generated) or ids (real).
+
+  `key` feeds random poolings (the port's 'flat32'); pass the same key for generated and real features.
+  """
+  raw = emb if emb is not None else encoder.embed(ids)
+  out = encoder(inputs_embeds=raw, hidden_layers=cfg.layers)
+  hidden = {f"h{i}": h.astype(jnp.float32) for i, h in out["hidden"].items()}
+  if cfg.raw:
+    hidden = {"raw": raw.astype(jnp.float32), **hidden}
+  return feat_lib.pool_features(hidden, cfg.poolings, key=key)
+
+
+def drift_losses(gen_feats, pos_feats, pos_weights, cfg: StepConfig):
+  """Sum over feature keys of the drift loss; per-key losses, scales and raw drift norms for metrics."""
+  total, metrics = 0.0, {}
+  for name in gen_feats:
+    x = feat_lib.to_groups(gen_feats[name], cfg.groups)
+    y = feat_lib.to_groups(pos_feats[name], cfg.groups)
+    sub = x.shape[0] // cfg.groups
+    w = jnp.repeat(pos_weights, sub, axis=0)  # (G, M) -> (G * P, M), as to_groups lays out groups.
+    loss, aux = field_lib.drift_loss(x, y, pos_weights=w, config=cfg.field)
+    total = total + loss
+    metrics[f"loss/{name}"] = loss
+    metrics[f"scale/{name}"] = aux["scale"]
+    for t, norm in zip(cfg.field.temperatures, aux["raw_drift_norm"]):
+      metrics[f"raw_drift_norm/{name}/T{t:g}"] = norm
+  return total, metrics
+
+
+def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_graphdef, cfg: StepConfig,
+               tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict[str, Array]]:
+  """One update. real_ids: (G * n_pos, L) int32 fresh real rows, group-major."""
+  encoder = nnx.merge(enc_graphdef, jax.lax.stop_gradient(enc_state))
+  g, length = cfg.groups, real_ids.shape[1]
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+  noise, style = gen_lib.sample_inputs(step_key, g * cfg.n_gen, cfg.gen)
+
+  fresh = real_ids.reshape(g, cfg.n_pos, length)
+  pos_ids = jnp.concatenate([fresh, state["queue"]], axis=1)  # (G, M, L)
+  pos_w = jnp.concatenate([jnp.ones((g, cfg.n_pos)), state["queue_filled"]], axis=1)
+  pool_key = jax.random.fold_in(step_key, 1)
+  pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg, pool_key))
+
+  def loss_fn(params):
+    emb = nnx.merge(graphdef, params)(noise, style)
+    loss, metrics = drift_losses(feature_dict(encoder, emb, None, cfg, pool_key), pos_feats, pos_w, cfg)
+    return loss, metrics
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  ema = optax.incremental_update(params, state["ema"], 1.0 - cfg.ema_decay)
+
+  q = cfg.queue_size
+  queue = jnp.concatenate([fresh, state["queue"]], axis=1)[:, :q]  # FIFO: newest first, oldest drop out.
+  filled = jnp.concatenate([jnp.ones((g, cfg.n_pos)), state["queue_filled"]], axis=1)[:, :q]
+  new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state,
+               "queue": queue, "queue_filled": filled, "rng": state["rng"]}
+  metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+  return new_state, metrics

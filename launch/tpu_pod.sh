@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Train driftjax on a Cloud TPU pod slice: every worker runs the same command; jax.distributed.initialize()
+# finds the other hosts by itself on Cloud TPU, and all hosts share one gs:// workdir (orbax writes each host's
+# shards there; no host gathers the state).
+#
+#   bash launch/tpu_pod.sh create    # make the TPU VM (once)
+#   bash launch/tpu_pod.sh setup     # copy this checkout to every worker and install it
+#   bash launch/tpu_pod.sh train     # start (or resume: the same command picks up DIR's latest checkpoint)
+#   bash launch/tpu_pod.sh logs      # follow worker 0's log
+#   bash launch/tpu_pod.sh delete
+#
+# A preempted spot/queued slice gets SIGTERM: the run saves a checkpoint and exits; rerun `train` on a new
+# slice with the same WORKDIR to resume.
+set -euo pipefail
+
+# ---- Set these. ----------------------------------------------------------------------------------------------
+PROJECT=${PROJECT:-my-gcp-project}
+ZONE=${ZONE:-us-central2-b}
+TPU_NAME=${TPU_NAME:-driftjax-v4-32}
+ACCELERATOR=${ACCELERATOR:-v4-32}           # A pod slice: several hosts of 4 chips.
+RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
+WORKDIR=${WORKDIR:-gs://my-bucket/driftjax/run1}   # Shared by all hosts; holds checkpoints and TensorBoard files.
+CONFIG=${CONFIG:-configs/default.py}
+EXTRA_FLAGS=${EXTRA_FLAGS:-"--config.model.dtype=bfloat16 --config.encoder.dtype=bfloat16 --config.data.groups=32"}
+# ---------------------------------------------------------------------------------------------------------------
+
+ssh_all() {
+  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --worker=all --command="$1"
+}
+
+case "${1:-}" in
+  create)
+    gcloud compute tpus tpu-vm create "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
+      --accelerator-type="$ACCELERATOR" --version="$RUNTIME"
+    ;;
+  setup)
+    tar czf /tmp/driftjax.tgz --exclude=.venv --exclude=runs --exclude=.git -C "$(dirname "$0")/.." .
+    gcloud compute tpus tpu-vm scp /tmp/driftjax.tgz "$TPU_NAME":~/driftjax.tgz --project="$PROJECT" \
+      --zone="$ZONE" --worker=all
+    ssh_all "mkdir -p ~/driftjax && tar xzf ~/driftjax.tgz -C ~/driftjax && cd ~/driftjax && \
+      python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . 'jax[tpu]'"
+    ;;
+  train)
+    # nohup: the run outlives the ssh session; each worker logs to ~/driftjax/train.log.
+    ssh_all "cd ~/driftjax && DRIFTJAX_DISTRIBUTED=1 nohup .venv/bin/python -m driftjax.main --config=$CONFIG --workdir=$WORKDIR \
+      $EXTRA_FLAGS > train.log 2>&1 &"
+    ;;
+  logs)
+    gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --worker=0 \
+      --command="tail -f ~/driftjax/train.log"
+    ;;
+  delete)
+    gcloud compute tpus tpu-vm delete "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --quiet
+    ;;
+  *)
+    echo "usage: $0 create|setup|train|logs|delete" >&2
+    exit 2
+    ;;
+esac
