@@ -60,3 +60,16 @@ def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str):
 def mean_token_embedding(encoder: gpt2.GPT2, vocab_size: int) -> jax.Array:
   """Mean of the token embeddings the tokenizer can produce: the generator's output bias at init."""
   return jnp.mean(encoder.wte.value[:vocab_size], axis=0)
+
+
+def load_evaluator(config: ml_collections.ConfigDict, workdir: str, encoder, tokenizer):
+  """The evaluator LM and its tokenizer: config.eval.evaluator (hub name or folder), or the encoder itself."""
+  e = config.eval
+  if not e.evaluator:
+    return encoder, tokenizer, encoder_path(config, workdir)
+  evaluator = gpt2.load_gpt2(e.evaluator)
+  eval_tok = tok_lib.load_tokenizer(e.evaluator_tokenizer or e.evaluator)
+  if evaluator.cfg.vocab_size < len(eval_tok):
+    raise ValueError(f"evaluator {e.evaluator!r} has {evaluator.cfg.vocab_size} token embeddings but its "
+                     f"tokenizer has {len(eval_tok)} tokens: they do not belong together")
+  return evaluator, eval_tok, e.evaluator

@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import ml_collections
 
-MODES = ("train", "describe", "toy2d")
+MODES = ("train", "sample", "eval", "describe", "toy2d")
 
 
 def maybe_initialize_distributed() -> None:
@@ -36,6 +36,12 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
   if mode == "train":
     from driftjax import train
     train.train(config, workdir)
+  elif mode == "sample":
+    from driftjax import sample
+    sample.sample(config, workdir)
+  elif mode == "eval":
+    from driftjax import evaluate
+    evaluate.evaluate(config, workdir)
   elif mode == "describe":
     from driftjax import describe
     describe.run(config)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from driftjax import files
 from driftjax.drift import field
 
 Array = jax.Array
@@ -230,13 +231,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results[name] = train_target(name, cfg, field_cfg, jax.random.fold_in(key, i))
     logging.info("toy2d %s: %s", name, json.dumps(results[name]["metrics"]))
   metrics = {name: r["metrics"] for name, r in results.items()}
-  _atomic_write(os.path.join(workdir, "toy2d.json"), json.dumps(metrics, indent=2))
+  files.atomic_write(os.path.join(workdir, "toy2d.json"), json.dumps(metrics, indent=2))
   plot(results, os.path.join(workdir, "toy2d.png"))
   return metrics
-
-
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)

@@ -289,6 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | No
     history.append({"step": step, **host})
     progress.update(step, host)
 
+  quick_eval = _quick_evaluator(config, workdir, trainer) if t.eval_every else None
   step = start
   try:
     with _SigtermFlag() as sigterm:
@@ -298,6 +299,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | No
         if pending is not None:
           report(*pending)
         pending = (step, metrics) if step % t.log_every == 0 or step == total else None
+        if quick_eval and step % t.eval_every == 0:
+          writer.write(step, quick_eval(state))
         stop = _any_host(sigterm.set) or bool(t.stop_after_steps and step - start >= t.stop_after_steps)
         if stop or step % t.checkpoint_every == 0 or step == total:
           # Never save a state that is not finite: read this step's loss and gradient norm first.
@@ -334,6 +337,26 @@ def _drop_lines_after(path: str, step: int) -> None:
     with open(path + ".tmp", "w") as f:
       f.writelines(keep)
     os.replace(path + ".tmp", path)
+
+
+def _quick_evaluator(config, workdir: str, trainer: Trainer):
+  """state -> {'eval/...': value}: greedy samples of the EMA generator scored like --mode=eval (no references)."""
+  from driftjax import metrics as metrics_lib
+  from driftjax import sample as sample_lib
+  evaluator, eval_tok, _ = build.load_evaluator(config, workdir, trainer.encoder, trainer.tokenizer)
+  table = trainer.encoder.wte.value[: len(trainer.tokenizer)]
+  n = config.train.eval_samples
+
+  def run(state) -> dict[str, float]:
+    ids, dists = sample_lib.generate(trainer.graphdef, state["ema"], trainer.cfg.gen, table, n, n,
+                                     jax.random.key(config.sample.seed), metric=config.sample.metric)
+    rows = sample_lib.records(ids, dists, trainer.tokenizer)
+    scores = metrics_lib.text_metrics([r["token_ids"] for r in rows], [r["text"] for r in rows], evaluator,
+                                      eval_tok, bleu_samples=n)
+    scores["nn_dist"] = float(np.mean([r["nn_dist"] for r in rows]))
+    return {f"eval/{k}": float(v) for k, v in scores.items()}
+
+  return run
 
 
 class _StepTimer:

@@ -105,3 +105,16 @@ def test_unknown_hub_name_offline_is_a_clear_error(monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   with pytest.raises(OSError, match="could not fetch GPT-2 weights 'no-such-org/no-such-gpt2'"):
     gpt2.load_gpt2("no-such-org/no-such-gpt2")
+
+
+def test_ar_sampling_matches_full_forward(tiny):
+  """The KV-cached sampler's tokens, re-scored by a plain forward, are the greedy argmax at temperature ~0."""
+  tokens = gpt2.sample_ar(tiny, jax.random.key(0), batch=2, length=10, temperature=1e-4)
+  chex.assert_shape(tokens, (2, 10))
+  seq = jnp.concatenate([jnp.full((2, 1), tiny.cfg.eos_token_id), tokens], axis=1)
+  logits = tiny(input_ids=seq, logits=True)["logits"]
+  np.testing.assert_array_equal(np.asarray(jnp.argmax(logits[:, :-1], -1)), np.asarray(tokens))
+  hot = gpt2.sample_ar(tiny, jax.random.key(1), batch=2, length=10, temperature=1.0)
+  assert not np.array_equal(np.asarray(hot), np.asarray(tokens))
+  with pytest.raises(ValueError, match="exceeds the model's 32 positions"):
+    gpt2.sample_ar(tiny, jax.random.key(0), batch=1, length=32)

@@ -9,6 +9,7 @@ i is the output of block i for i < n_layer, and n_layer is the final layer norm'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Sequence
@@ -115,6 +116,20 @@ class Block(nnx.Module):
     return x + self.mlp_proj(_ACTIVATIONS[self.act](self.c_fc(self.ln_2(x))))
 
 
+def _block_step(block: Block, x: Array, k_cache: Array, v_cache: Array, pos: Array):
+  """One position through a block with a KV cache: x (B, 1, D), caches (B, L_max, H, hd)."""
+  b, _, d = x.shape
+  hd = d // block.n_head
+  q, k, v = (t.reshape(b, 1, block.n_head, hd) for t in jnp.split(block.c_attn(block.ln_1(x)), 3, axis=-1))
+  k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
+  v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_cache).astype(jnp.float32) / np.sqrt(hd)
+  logits = jnp.where(jnp.arange(k_cache.shape[1]) <= pos, logits, jnp.finfo(jnp.float32).min)
+  attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1).astype(x.dtype), v_cache).reshape(b, 1, d)
+  x = x + block.attn_proj(attn)
+  return x + block.mlp_proj(_ACTIVATIONS[block.act](block.c_fc(block.ln_2(x)))), k_cache, v_cache
+
+
 class GPT2(nnx.Module):
   """GPT-2 LM with tied embeddings."""
 
@@ -173,6 +188,43 @@ class GPT2(nnx.Module):
     if logits:
       out["logits"] = (x @ self.wte.value.astype(x.dtype).T).astype(jnp.float32)
     return out
+
+
+def sample_ar(model: GPT2, key: Array, batch: int, length: int, temperature: float = 1.0,
+              start_id: int | None = None) -> Array:
+  """Plain ancestral sampling with a KV cache: (batch, length) tokens after a start token (end-of-text).
+
+  The reference "ar" row of evaluation and the autoregressive side of benchmarks/sampling.py.
+  """
+  cfg = model.cfg
+  if length + 1 > cfg.n_positions:
+    raise ValueError(f"sequence length {length + 1} exceeds the model's {cfg.n_positions} positions")
+  start = cfg.eos_token_id if start_id is None else start_id
+  graphdef, state = nnx.split(model)
+  return _sample_ar(graphdef, state, key, jnp.float32(temperature), batch=batch, length=length, start=start)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "batch", "length", "start"))
+def _sample_ar(graphdef, state, key, temperature, *, batch, length, start):
+  model = nnx.merge(graphdef, state)
+  cfg = model.cfg
+  hd = cfg.n_embd // cfg.n_head
+  caches = [(jnp.zeros((batch, length, cfg.n_head, hd), model.dtype),) * 2 for _ in range(cfg.n_layer)]
+
+  def body(carry, pos):
+    token, caches = carry
+    x = (model.embed(token[:, None]) + model.wpe.value[pos][None, None]).astype(model.dtype)
+    new_caches = []
+    for block, (k_c, v_c) in zip(model.h, caches):
+      x, k_c, v_c = _block_step(block, x, k_c, v_c, pos)
+      new_caches.append((k_c, v_c))
+    logits = (model.ln_f(x)[:, 0] @ model.wte.value.astype(x.dtype).T).astype(jnp.float32)
+    nxt = jax.random.categorical(jax.random.fold_in(key, pos), logits / temperature, axis=-1)
+    return (nxt.astype(jnp.int32), new_caches), nxt.astype(jnp.int32)
+
+  init = (jnp.full((batch,), start, jnp.int32), caches)
+  _, tokens = jax.lax.scan(body, init, jnp.arange(length))
+  return tokens.T
 
 
 # --------------------------------------------------------------------------------------------------

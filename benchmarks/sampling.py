@@ -1,0 +1,84 @@
+"""One-step generation vs KV-cached autoregressive sampling, at the same size and length, batch 1 and 64.
+
+    .venv/bin/python benchmarks/sampling.py [--config=configs/default.py] [--reps=3]
+
+One step: the generator of the config (default: the seed's 130M DiT) maps noise to 256 embeddings in one
+forward pass, then nearest-token decoding over GPT-2's 50,257-token table. Autoregressive: a GPT-2 of the same
+size (GPT-2 small, 124M) samples 256 tokens one at a time with a KV cache (driftjax.models.gpt2.sample_ar).
+Both use random weights (speed does not depend on them). Prints samples/s and tokens/s, the ratio last.
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from driftjax import build  # noqa: E402
+from driftjax.models import decode  # noqa: E402
+from driftjax.models import generator as gen_lib  # noqa: E402
+from driftjax.models import gpt2  # noqa: E402
+
+
+def timed(fn, reps):
+  jax.block_until_ready(fn())  # Compile and warm up.
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.py"))
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--batches", default="1,64")
+  args = parser.parse_args()
+  spec = importlib.util.spec_from_file_location("cfg", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  lm_cfg = gpt2.GPT2Config(n_layer=config.model.depth, n_embd=config.model.width, n_head=config.model.heads)
+  lm = gpt2.GPT2(lm_cfg, rngs=nnx.Rngs(0))
+  gen_cfg = build.generator_config(config, lm_cfg.n_embd)
+  gen = gen_lib.Generator(gen_cfg, rngs=nnx.Rngs(1))
+  graphdef, params = nnx.split(gen)
+  forward = jax.jit(lambda p, noise, style: nnx.merge(graphdef, p)(noise, style))
+  table = lm.wte.value
+  length = gen_cfg.seq_len
+  n_gen = sum(x.size for x in jax.tree.leaves(params))
+  n_lm = sum(x.size for x in jax.tree.leaves(nnx.state(lm, nnx.Param)))
+  print(f"device {jax.devices()[0].device_kind}; length {length}; generator {n_gen / 1e6:.1f}M params, "
+        f"autoregressive GPT-2 {n_lm / 1e6:.1f}M params; median of {args.reps}")
+  ratios = {}
+  for batch in (int(b) for b in args.batches.split(",")):
+    noise, style = gen_lib.sample_inputs(jax.random.key(2), batch, gen_cfg)
+
+    def one_step():
+      return decode.decode_tokens(forward(params, noise, style), table)[0]
+
+    def autoregressive():
+      return gpt2.sample_ar(lm, jax.random.key(3), batch, length)
+
+    t_one = timed(one_step, args.reps)
+    t_ar = timed(autoregressive, args.reps)
+    for name, t in (("one-step", t_one), ("autoregressive", t_ar)):
+      print(f"batch {batch:3d} {name:>15}: {t:8.3f} s  {batch / t:9.2f} samples/s  {batch * length / t:10.1f} "
+            "tokens/s")
+    ratios[batch] = t_ar / t_one
+  print("speed-up of one-step over autoregressive sampling: " +
+        ", ".join(f"batch {b}: {r:.1f}x" for b, r in ratios.items()))
+
+
+if __name__ == "__main__":
+  main()

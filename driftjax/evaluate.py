@@ -1,0 +1,158 @@
+"""--mode=eval: scores a samples file and writes DIR/eval/step_<step>.json and .md, with reference rows.
+
+Rows: the generator's samples; `data` (held-out real text of the same length and count) and `ar` (plain
+ancestral samples of the same length from the evaluator LM itself), all scored by the same code
+(driftjax/metrics.py). With config.eval.sweep_temperatures, samples are redrawn at each decoding temperature
+and a gen-PPL vs entropy frontier is plotted with the reference points.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from driftjax import build
+from driftjax import files
+from driftjax import metrics as metrics_lib
+from driftjax import sample as sample_lib
+from driftjax import train
+from driftjax.data import pipeline
+from driftjax.models import decode
+from driftjax.models import gpt2
+
+TABLE_KEYS = ("gen_ppl", "entropy", "distinct_1", "distinct_2", "distinct_3", "self_bleu", "mean_tokens",
+              "mauve")
+
+
+def latest_samples(workdir: str) -> str:
+  files = glob.glob(os.path.join(workdir, "samples", "step_*.jsonl"))
+  if not files:
+    raise FileNotFoundError(f"no samples in {os.path.join(workdir, 'samples')}: run --mode=sample first")
+  return max(files, key=lambda f: int(re.findall(r"step_(\d+)\.jsonl$", f)[0]))
+
+
+def read_samples(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"samples file {path} does not exist")
+  rows = []
+  with open(path) as f:
+    for i, line in enumerate(f):
+      try:
+        row = json.loads(line)
+        rows.append({"text": str(row["text"]), "token_ids": [int(t) for t in row["token_ids"]]})
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{i + 1}: not a sample record with 'text' and 'token_ids' ({e})") from None
+  if not rows:
+    raise ValueError(f"samples file {path} is empty")
+  return rows
+
+
+def data_reference(config: ml_collections.ConfigDict, tokenizer, n: int) -> list[list[int]]:
+  """n real rows of the model's length that training never saw, each cut at its first end-of-text."""
+  d = config.data
+  seq_len = config.model.seq_len
+  if d.source.startswith("hf:"):
+    docs = pipeline.load_documents(d.source, split=config.eval.data_split)
+    docs = [docs[i] for i in range(min(len(docs), 4 * n))]
+    rows = pipeline.tokenize_documents(docs, tokenizer, seq_len, d.pack, pipeline.CorpusStats())[:n]
+  else:
+    docs = pipeline.load_documents(d.source, seed=config.seed, synthetic_docs=d.get("synthetic_docs", 0))
+    rows = pipeline.tokenize_documents(docs, tokenizer, seq_len, d.pack, pipeline.CorpusStats())
+    _, held = pipeline.split_holdout(rows, d.holdout, config.seed)
+    if not len(held):
+      raise ValueError("the data reference needs held-out rows: set data.holdout > 0 for files:/synthetic sources")
+    rows = held[:n]
+  return decode.truncate_at_eos(rows, tokenizer.eos_token_id)
+
+
+def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
+  texts = [tokenizer.decode(t) for t in token_lists]
+  return metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples)
+
+
+def markdown_table(result: dict) -> str:
+  rows = [("samples", result)] + [(k, v) for k, v in result["reference"].items()]
+  rows += [(f"T={k}", v) for k, v in result.get("sweep", {}).items()]
+  keys = [k for k in TABLE_KEYS if any(k in r and r[k] is not None for _, r in rows)]
+  lines = ["| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+  for name, r in rows:
+    cells = [f"{r[k]:.4g}" if isinstance(r.get(k), (int, float)) else "" for k in keys]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_frontier(result: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 4))
+  sweep = sorted(result["sweep"].items(), key=lambda kv: float(kv[0]))
+  ax.plot([r["entropy"] for _, r in sweep], [r["gen_ppl"] for _, r in sweep], "o-", label="drifting (T sweep)")
+  for t, r in sweep:
+    ax.annotate(f"T={t}", (r["entropy"], r["gen_ppl"]), fontsize=7)
+  for name, r in result["reference"].items():
+    ax.plot([r["entropy"]], [r["gen_ppl"]], "s", label=name)
+  ax.set_xlabel("entropy (nats)")
+  ax.set_ylabel("gen PPL")
+  ax.set_yscale("log")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str | None = None) -> dict:
+  e = config.eval
+  path = samples_path or e.samples_file or latest_samples(workdir)
+  rows = read_samples(path)
+  match = re.findall(r"step_(\d+)\.jsonl$", path)
+  step = int(match[0]) if match else -1
+  encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir)
+  evaluator, eval_tok, eval_name = build.load_evaluator(config, workdir, encoder, tokenizer)
+  tokens = [r["token_ids"] for r in rows]
+  n, seq_len = len(rows), config.model.seq_len
+  result = score(tokens, tokenizer, evaluator, eval_tok, config)
+  result.update(seq_len=seq_len, evaluator=eval_name, samples_file=path, step=step)
+  data_rows = data_reference(config, tokenizer, n)
+  ar = gpt2.sample_ar(evaluator, jax.random.key(e.seed), n, seq_len)
+  ar_rows = decode.truncate_at_eos(np.asarray(ar), eval_tok.eos_token_id)
+  result["reference"] = {"data": score(data_rows, tokenizer, evaluator, eval_tok, config),
+                         "ar": score(ar_rows, eval_tok, evaluator, eval_tok, config)}
+  mauve = metrics_lib.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
+                                  [tokenizer.decode(t) for t in data_rows])
+  if mauve is not None:
+    result["mauve"] = mauve
+  if e.sweep_temperatures:
+    result["sweep"] = temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok)
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  name = f"step_{step}" if step >= 0 else os.path.splitext(os.path.basename(path))[0]
+  files.atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(result, indent=2))
+  files.atomic_write(os.path.join(out_dir, f"{name}.md"), markdown_table(result))
+  if "sweep" in result:
+    plot_frontier(result, os.path.join(out_dir, f"{name}_frontier.png"))
+  logging.info("eval of %s:\n%s", path, markdown_table(result))
+  return result
+
+
+def temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok) -> dict:
+  e, s = config.eval, config.sample
+  spec = train.state_spec(config, encoder, tokenizer)
+  params, _ = sample_lib.restore_params(config, workdir, spec, step)
+  table = encoder.wte.value[: len(tokenizer)]
+  out = {}
+  for t in e.sweep_temperatures:
+    ids, _ = sample_lib.generate(spec.graphdef, params, spec.cfg.gen, table, s.n_samples, s.batch,
+                                 jax.random.key(s.seed), metric=s.metric, temperature=float(t), top_k=s.top_k)
+    toks = decode.truncate_at_eos(ids, tokenizer.eos_token_id)
+    texts = [tokenizer.decode(x) for x in toks]
+    out[f"{float(t):g}"] = {"gen_ppl": metrics_lib.gen_ppl(evaluator, eval_tok, texts),
+                            "entropy": metrics_lib.mean_entropy(toks)}
+  return out

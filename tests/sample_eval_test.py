@@ -1,0 +1,82 @@
+"""Smoke train -> sample -> eval, offline, with the files each writes; and their clear errors."""
+
+import json
+import math
+import os
+
+import pytest
+
+from driftjax import evaluate
+from driftjax import sample
+from driftjax import train
+from tests.train_test import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny_config(total_steps=6)
+  config.train.eval_every = 3
+  config.train.eval_samples = 4
+  config.sample.n_samples = 12
+  config.sample.batch = 8
+  config.eval.sweep_temperatures = (0.5, 2.0)
+  train.train(config, workdir)
+  return config, workdir
+
+
+def test_periodic_eval_is_logged(trained):
+  _, workdir = trained
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  evals = [r for r in rows if "eval/gen_ppl" in r]
+  assert [r["step"] for r in evals] == [3, 6]
+  assert all(math.isfinite(r["eval/gen_ppl"]) and r["eval/entropy"] > 0 for r in evals)
+
+
+def test_sample_then_eval(trained):
+  config, workdir = trained
+  path = sample.sample(config, workdir)
+  assert path.endswith(os.path.join("samples", "step_6.jsonl"))
+  with open(path) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 12 and all({"text", "token_ids"} <= set(r) for r in rows)
+  assert all(len(r["token_ids"]) <= config.model.seq_len for r in rows)
+  result = evaluate.evaluate(config, workdir)
+  for row in (result, result["reference"]["data"], result["reference"]["ar"]):
+    for key in ("gen_ppl", "entropy", "distinct_1", "distinct_2", "distinct_3", "self_bleu"):
+      assert math.isfinite(row[key]), (key, row)
+  assert result["n_samples"] == 12 and result["seq_len"] == 32 and result["evaluator"].endswith("random_gpt2")
+  assert sorted(result["sweep"]) == ["0.5", "2"]
+  for name in ("step_6.json", "step_6.md", "step_6_frontier.png"):
+    assert os.path.getsize(os.path.join(workdir, "eval", name)) > 0
+  with open(os.path.join(workdir, "eval", "step_6.md")) as f:
+    table = f.read()
+  assert "| samples |" in table and "| data |" in table and "| ar |" in table
+
+
+def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
+  config = tiny_config()
+  with pytest.raises(FileNotFoundError, match="no checkpoints in .*checkpoints: train first"):
+    sample.sample(config, str(tmp_path))
+
+
+def test_sample_of_missing_step_is_a_clear_error(trained):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.sample.step = 4
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 4 .* \(have \[3, 6\]\)"):
+    sample.sample(config, workdir)
+
+
+def test_eval_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no samples in .*run --mode=sample first"):
+    evaluate.latest_samples(str(tmp_path))
+  bad = tmp_path / "step_1.jsonl"
+  bad.write_text('{"text": "hi"}\n')
+  with pytest.raises(ValueError, match="step_1.jsonl:1: not a sample record"):
+    evaluate.read_samples(str(bad))
+  empty = tmp_path / "step_2.jsonl"
+  empty.write_text("")
+  with pytest.raises(ValueError, match="is empty"):
+    evaluate.read_samples(str(empty))
