@@ -98,4 +98,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.bleu_samples = 200  # Self-BLEU over the first N samples (it is quadratic).
   config.eval.sweep_temperatures = ()  # E.g. (0.5, 1.0, 2.0): a gen-PPL vs entropy frontier plot.
   config.eval.seed = 2
+
+  # --mode=pretrain_encoder: a small GPT-2 LM trained on data.source (offline encoder and evaluator).
+  config.pretrain = ml_collections.ConfigDict()
+  config.pretrain.out_dir = "encoder"  # Written to DIR/encoder; reused when it exists.
+  config.pretrain.docs = 20_000  # Documents read from the source (synthetic: stories generated).
+  config.pretrain.bpe_vocab_size = 0  # > 0: train a byte-level BPE tokenizer of this size on the corpus.
+  config.pretrain.n_layer = 4
+  config.pretrain.n_embd = 256
+  config.pretrain.n_head = 4
+  config.pretrain.seq_len = 128
+  config.pretrain.steps = 2000
+  config.pretrain.batch = 32
+  config.pretrain.lr = 1e-3
+  config.pretrain.log_every = 100
   return config

@@ -28,7 +28,7 @@ from driftjax.models import decode
 from driftjax.models import gpt2
 
 TABLE_KEYS = ("gen_ppl", "entropy", "distinct_1", "distinct_2", "distinct_3", "self_bleu", "mean_tokens",
-              "mauve")
+              "mauve", "grammatical_rate", "copy_rate")
 
 
 def latest_samples(workdir: str) -> str:
@@ -74,7 +74,13 @@ def data_reference(config: ml_collections.ConfigDict, tokenizer, n: int) -> list
 
 def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
   texts = [tokenizer.decode(t) for t in token_lists]
-  return metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples)
+  result = metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples)
+  if config.data.source == "synthetic":  # The grammar can check the text itself.
+    from driftjax.data import synthetic
+    result["grammatical_rate"] = float(np.mean([synthetic.grammatical_rate(t) for t in texts]))
+    result["copy_rate"] = synthetic.copy_rate(texts, synthetic.generate_stories(config.data.synthetic_docs,
+                                                                                config.seed))
+  return result
 
 
 def markdown_table(result: dict) -> str:

@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import ml_collections
 
-MODES = ("train", "sample", "eval", "describe", "toy2d")
+MODES = ("train", "sample", "eval", "describe", "pretrain_encoder", "toy2d")
 
 
 def maybe_initialize_distributed() -> None:
@@ -42,6 +42,9 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
   elif mode == "eval":
     from driftjax import evaluate
     evaluate.evaluate(config, workdir)
+  elif mode == "pretrain_encoder":
+    from driftjax import pretrain
+    pretrain.pretrain_encoder(config, workdir)
   elif mode == "describe":
     from driftjax import describe
     describe.run(config)

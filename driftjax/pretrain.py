@@ -1,11 +1,17 @@
-"""A small GPT-2 language model trained with the next-token loss: an offline encoder and evaluator.
+"""--mode=pretrain_encoder: a small GPT-2 LM trained with the next-token loss, saved in the Hugging Face layout.
 
-train_lm is the core of --mode=pretrain_encoder (and of tests that need an LM that knows some text).
+The result (DIR/<pretrain.out_dir>: config.json + model.safetensors, plus vocab.json + merges.txt when a
+byte-level BPE tokenizer is trained on the corpus) serves as the frozen encoder and as the evaluator, offline.
+train_lm is also used by tests that need an LM that knows some text.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
+
+from absl import logging
+import ml_collections
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +20,7 @@ import optax
 from flax import nnx
 
 from driftjax.data import pipeline
+from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
 
 
@@ -24,8 +31,12 @@ def lm_loss(model: gpt2.GPT2, ids: jax.Array) -> jax.Array:
 
 
 def train_lm(texts: Sequence[str], tokenizer, *, n_layer: int, n_embd: int, n_head: int, seq_len: int,
-             steps: int, batch: int, lr: float, seed: int = 0, log_every: int = 0) -> gpt2.GPT2:
-  """Trains a GPT-2 of the given size on texts (packed rows, each story ended with end-of-text)."""
+             steps: int, batch: int, lr: float, seed: int = 0, log_every: int = 0,
+             losses: list | None = None) -> gpt2.GPT2:
+  """Trains a GPT-2 of the given size on texts (packed rows, each story ended with end-of-text).
+
+  `losses`, when given, receives the training loss of every step.
+  """
   rows = pipeline.tokenize_documents(texts, tokenizer, seq_len + 1, pack=True, stats=pipeline.CorpusStats())
   # Rows start with end-of-text as GPT-2's own text does, so that sampling from it can start there too.
   rows = np.concatenate([np.full((len(rows), 1), tokenizer.eos_token_id, np.int32), rows[:, :-1]], axis=1)
@@ -47,6 +58,45 @@ def train_lm(texts: Sequence[str], tokenizer, *, n_layer: int, n_embd: int, n_he
   for i in range(steps):
     ids = jnp.asarray(rows[rng.integers(0, len(rows), batch)])
     params, opt_state, loss = step(params, opt_state, ids)
+    if losses is not None:
+      losses.append(float(loss))
     if log_every and (i + 1) % log_every == 0:
       print(f"pretrain step {i + 1}/{steps} loss {float(loss):.4f}", flush=True)
   return nnx.merge(graphdef, params)
+
+
+def train_bpe(docs: Sequence[str], vocab_size: int, out_dir: str):
+  """A byte-level BPE tokenizer of vocab_size (end-of-text included) trained on docs, saved as
+  vocab.json + merges.txt in out_dir and loaded back through the project's loader."""
+  from tokenizers import ByteLevelBPETokenizer
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator(list(docs), vocab_size=vocab_size, min_frequency=2, special_tokens=[pipeline.EOT])
+  os.makedirs(out_dir, exist_ok=True)
+  bpe.save_model(out_dir)
+  return tok_lib.load_tokenizer(out_dir)
+
+
+def pretrain_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains and saves the LM unless DIR/<pretrain.out_dir> already holds one; returns that folder."""
+  p = config.pretrain
+  out = os.path.join(workdir, p.out_dir)
+  if os.path.exists(os.path.join(out, "model.safetensors")):
+    logging.info("pretrained encoder found in %s: reused", out)
+    return out
+  d = config.data
+  docs = pipeline.load_documents(d.source, split=d.split, seed=config.seed, synthetic_docs=p.docs)
+  docs = [docs[i] for i in range(min(len(docs), p.docs))] if p.docs else list(docs)
+  staging = out + ".partial"  # Written aside, renamed when complete: a killed run leaves no half encoder.
+  tokenizer = (train_bpe(docs, p.bpe_vocab_size, staging) if p.bpe_vocab_size
+               else tok_lib.load_tokenizer(config.encoder.tokenizer))
+  losses = []
+  model = train_lm(docs, tokenizer, n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, seq_len=p.seq_len,
+                   steps=p.steps, batch=p.batch, lr=p.lr, seed=config.seed, log_every=p.log_every, losses=losses)
+  gpt2.save_gpt2(model, staging)
+  if os.path.exists(out):
+    raise FileExistsError(f"{out} exists without model.safetensors; move it away first")
+  os.replace(staging, out)
+  logging.info("pretrained encoder saved to %s (loss %.3f -> %.3f over %d steps)", out, losses[0], losses[-1],
+               len(losses))
+  return out
+

@@ -1,0 +1,127 @@
+"""A built-in corpus of simple children's stories from a small probabilistic grammar, and its checker.
+
+Stories follow a small plot arc: an opening that introduces a character, a place and a liking, an outing, a
+problem with an object, help from a friend, a resolution and an ending. Every sentence comes from one of the
+templates below, filled from word lists, so the checker can tell which sentences the grammar can produce
+(`grammatical_rate`) and which samples repeat a training story exactly (`copy_rate`).
+generate_stories(n, seed) is deterministic for a seed and unlimited in n.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+# Word lists (slot name -> choices). Names carry their pronouns.
+NAMES = {"Lily": "she", "Mia": "she", "Anna": "she", "Lucy": "she", "Sue": "she", "Emma": "she",
+         "Tom": "he", "Ben": "he", "Sam": "he", "Max": "he", "Tim": "he", "Jack": "he"}
+SLOTS = {
+    "kind": ["girl", "boy", "cat", "dog", "bunny", "bird", "bear", "duck"],
+    "adj": ["little", "big", "kind", "happy", "shy", "brave", "funny", "small"],
+    "place": ["park", "garden", "forest", "beach", "farm", "yard", "village", "meadow"],
+    "action": ["play", "run", "jump", "sing", "dance", "read", "paint", "swim"],
+    "object": ["ball", "kite", "box", "hat", "book", "boat", "flower", "cake", "drum", "toy"],
+    "color": ["red", "blue", "green", "yellow", "shiny", "soft", "old", "new"],
+    "problem": ["stuck in a tree", "lost in the grass", "broken", "too high to reach", "under the water",
+                "very dirty"],
+    "bad_feeling": ["sad", "scared", "worried", "upset"],
+    "good_feeling": ["happy", "glad", "proud", "excited"],
+    "fix": ["got the {object} back", "fixed the {object}", "found the {object}", "cleaned the {object}"],
+    "time": ["One day", "One sunny morning", "After lunch", "One evening"],
+}
+
+# Sentence templates by plot stage. {name}/{friend} are names, {pron}/{Pron} the main character's pronoun.
+STAGES = [
+    ["Once upon a time, there was a {adj} {kind} named {name}.",
+     "Once upon a time, a {adj} {kind} named {name} lived near a {place}."],
+    ["{Pron} liked to {action} every day.", "{Pron} loved to {action} with friends.",
+     "{Pron} had a {color} {object}."],
+    ["{time}, {name} went to the {place}.", "{time}, {name} and {pron2} mom walked to the {place}."],
+    ["{Pron} saw a {color} {object}.", "There {pron} found a {color} {object}."],
+    ["But the {object} was {problem}.", "Then the {object} was {problem}."],
+    ["{name} felt {bad_feeling}.", "{name} was very {bad_feeling}."],
+    ["A {adj} {kind} named {friend} came to help.", "{name} asked {friend} the {kind} for help."],
+    ["Together they {fix}.", "{friend} helped, and they {fix}."],
+    ["{name} was {good_feeling} again.", "{name} smiled and felt {good_feeling}."],
+    ["From that day on, {name} and {friend} were best friends.", "They played together until the sun went down.",
+     "{name} said thank you to {friend}."],
+]
+POSSESSIVE = {"she": "her", "he": "his"}
+
+
+def _fill(template: str, slots: dict[str, str]) -> str:
+  text = template.format(**slots)
+  return text.format(**slots)  # "fix" choices hold an {object} slot themselves.
+
+
+def generate_story(rng: np.random.Generator) -> str:
+  names = list(NAMES)
+  name = names[rng.integers(len(names))]
+  friend = names[rng.integers(len(names))]
+  while friend == name:
+    friend = names[rng.integers(len(names))]
+  slots = {k: v[rng.integers(len(v))] for k, v in SLOTS.items()}
+  pron = NAMES[name]
+  slots.update(name=name, friend=friend, pron=pron, Pron=pron.capitalize(), pron2=POSSESSIVE[pron])
+  sentences = []
+  for stage, templates in enumerate(STAGES):
+    if stage == 1 and rng.random() < 0.3:
+      continue  # Optional detail: stories vary in length.
+    sentences.append(_fill(templates[rng.integers(len(templates))], slots))
+  return " ".join(sentences)
+
+
+def generate_stories(n: int, seed: int = 0) -> list[str]:
+  """n stories; story i depends only on (seed, i), so any prefix of a larger corpus is the same."""
+  if n <= 0:
+    raise ValueError(f"data.synthetic_docs={n}: the synthetic source needs a positive number of stories")
+  return [generate_story(np.random.default_rng([seed, i])) for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The checker.
+# ------------------------------------------------------------------------------------------------
+
+
+def _alternation(choices: Iterable[str]) -> str:
+  return "(?:" + "|".join(re.escape(c) for c in sorted(set(choices), key=len, reverse=True)) + ")"
+
+
+def _sentence_patterns() -> re.Pattern:
+  names = _alternation(NAMES)
+  objects = _alternation(SLOTS["object"])
+  slot_re = {k: _alternation(v) for k, v in SLOTS.items() if k != "fix"}
+  slot_re["fix"] = "(?:" + "|".join(re.escape(f).replace(re.escape("{object}"), objects) for f in SLOTS["fix"]) + ")"
+  slot_re.update(name=names, friend=names, pron="(?:she|he)", Pron="(?:She|He)", pron2="(?:her|his)")
+  alts = []
+  for templates in STAGES:
+    for t in templates:
+      parts = re.split(r"(\{\w+\})", t)
+      alts.append("".join(slot_re[p[1:-1]] if p.startswith("{") else re.escape(p) for p in parts))
+  return re.compile("(?:" + "|".join(alts) + ")")
+
+
+_PATTERN = None
+
+
+def split_sentences(text: str) -> list[str]:
+  return [s.strip() for s in re.findall(r"[^.!?]+[.!?]", text) if s.strip()]
+
+
+def grammatical_rate(text: str) -> float:
+  """Share of the text's sentences that the grammar can produce (0 for a text with no sentence)."""
+  global _PATTERN
+  if _PATTERN is None:
+    _PATTERN = _sentence_patterns()
+  sentences = split_sentences(text)
+  if not sentences:
+    return 0.0
+  return sum(bool(_PATTERN.fullmatch(s)) for s in sentences) / len(sentences)
+
+
+def copy_rate(samples: Sequence[str], training: Iterable[str]) -> float:
+  """Share of samples that are exactly (up to surrounding whitespace) a training story."""
+  seen = {t.strip() for t in training}
+  return sum(s.strip() in seen for s in samples) / len(samples) if samples else 0.0

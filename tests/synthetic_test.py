@@ -1,0 +1,60 @@
+"""The synthetic story grammar and its checker."""
+
+import pytest
+
+from driftjax.data import synthetic
+
+
+def test_deterministic_prefix_stable_and_varied():
+  a = synthetic.generate_stories(500, seed=3)
+  assert synthetic.generate_stories(20, seed=3) == a[:20]  # Story i depends only on (seed, i).
+  assert synthetic.generate_stories(20, seed=4) != a[:20]
+  assert len(set(a)) == 500  # Unlimited in practice: no repeats in hundreds of stories.
+  assert all(s.startswith("Once upon a time") for s in a)
+
+
+def test_every_generated_sentence_is_grammatical():
+  for story in synthetic.generate_stories(300, seed=0):
+    assert synthetic.grammatical_rate(story) == 1.0, story
+
+
+def test_checker_rejects_what_the_grammar_cannot_produce():
+  text = "Once upon a time, there was a big dog named Tom. The cat ate the moon. Tom felt sad."
+  assert synthetic.grammatical_rate(text) == pytest.approx(2 / 3)
+  assert synthetic.grammatical_rate("dog named Tom was.") == 0.0
+  assert synthetic.grammatical_rate("") == 0.0
+  # Slots must agree with the grammar's word lists.
+  assert synthetic.grammatical_rate("Once upon a time, there was a big dragon named Tom.") == 0.0
+
+
+def test_copy_rate():
+  train = synthetic.generate_stories(50, seed=0)
+  assert synthetic.copy_rate([train[3], " " + train[7] + " ", "new story."], train) == pytest.approx(2 / 3)
+  assert synthetic.copy_rate([], train) == 0.0
+
+
+def test_bad_count_is_an_error():
+  with pytest.raises(ValueError, match="synthetic_docs=0"):
+    synthetic.generate_stories(0)
+
+
+def test_eval_reports_grammar_metrics_for_the_synthetic_corpus():
+  from flax import nnx
+  from configs import default
+  from driftjax import evaluate
+  from driftjax.data import pipeline
+  from driftjax.data import tokenizer as tok_lib
+  from driftjax.models import gpt2
+  config = default.get_config()
+  config.data.source = "synthetic"
+  config.data.synthetic_docs = 40
+  config.eval.bleu_samples = 4
+  tok = tok_lib.load_tokenizer("gpt2")
+  lm = gpt2.GPT2(gpt2.GPT2Config(n_positions=256, n_embd=16, n_layer=1, n_head=2), rngs=nnx.Rngs(0))
+  stories = pipeline.load_documents("synthetic", synthetic_docs=40)
+  training = [tok.encode(s) for s in stories[:4]]
+  result = evaluate.score(training, tok, lm, tok, config)
+  assert result["grammatical_rate"] == 1.0 and result["copy_rate"] == 1.0
+  mangled = [tok.encode(s.replace("Once upon a time", "Twice upon a rhyme")) for s in stories[:4]]
+  result = evaluate.score(mangled, tok, lm, tok, config)
+  assert result["copy_rate"] == 0.0 and 0.5 < result["grammatical_rate"] < 1.0
