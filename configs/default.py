@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.bleu_samples = 200  # Self-BLEU over the first N samples (it is quadratic).
   config.eval.sweep_temperatures = ()  # E.g. (0.5, 1.0, 2.0): a gen-PPL vs entropy frontier plot.
   config.eval.seed = 2
+  config.eval.ar_batch = 32  # Batch of the evaluator's own (KV-cached) samples for the "ar" row.
 
   # --mode=pretrain_encoder: a small GPT-2 LM trained on data.source (offline encoder and evaluator).
   config.pretrain = ml_collections.ConfigDict()

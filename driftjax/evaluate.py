@@ -74,7 +74,8 @@ def data_reference(config: ml_collections.ConfigDict, tokenizer, n: int) -> list
 
 def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
   texts = [tokenizer.decode(t) for t in token_lists]
-  result = metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples)
+  result = metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples,
+                                    seq_len=config.model.seq_len)
   if config.data.source == "synthetic":  # The grammar can check the text itself.
     from driftjax.data import synthetic
     result["grammatical_rate"] = float(np.mean([synthetic.grammatical_rate(t) for t in texts]))
@@ -122,21 +123,28 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str 
   step = int(match[0]) if match else -1
   encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir)
   evaluator, eval_tok, eval_name = build.load_evaluator(config, workdir, encoder, tokenizer)
+  sweep = None
+  if e.sweep_temperatures:  # First: it needs the samples' checkpoint, so a missing one fails before the rest.
+    if step < 0:
+      raise ValueError(f"a temperature sweep needs a samples file named step_<N>.jsonl, got {path}")
+    sweep = temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok)
   tokens = [r["token_ids"] for r in rows]
   n, seq_len = len(rows), config.model.seq_len
   result = score(tokens, tokenizer, evaluator, eval_tok, config)
   result.update(seq_len=seq_len, evaluator=eval_name, samples_file=path, step=step)
   data_rows = data_reference(config, tokenizer, n)
-  ar = gpt2.sample_ar(evaluator, jax.random.key(e.seed), n, seq_len)
-  ar_rows = decode.truncate_at_eos(np.asarray(ar), eval_tok.eos_token_id)
+  ar = np.concatenate([np.asarray(gpt2.sample_ar(evaluator, jax.random.fold_in(jax.random.key(e.seed), i),
+                                                  min(e.ar_batch, n - i), seq_len))
+                       for i in range(0, n, e.ar_batch)])
+  ar_rows = decode.truncate_at_eos(ar, eval_tok.eos_token_id)
   result["reference"] = {"data": score(data_rows, tokenizer, evaluator, eval_tok, config),
                          "ar": score(ar_rows, eval_tok, evaluator, eval_tok, config)}
   mauve = metrics_lib.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
                                   [tokenizer.decode(t) for t in data_rows])
   if mauve is not None:
     result["mauve"] = mauve
-  if e.sweep_temperatures:
-    result["sweep"] = temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok)
+  if sweep is not None:
+    result["sweep"] = sweep
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   name = f"step_{step}" if step >= 0 else os.path.splitext(os.path.basename(path))[0]

@@ -67,25 +67,32 @@ def _token_nll(graphdef, state, ids, mask):
   return jnp.sum(nll * m), jnp.sum(m)
 
 
-def evaluator_rows(texts: Sequence[str], tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """[eos] + tokens + [eos], padded with eos to a common length (<= max_len), and the mask of scored tokens."""
+def evaluator_rows(texts: Sequence[str], tokenizer, max_len: int,
+                   ended: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """[eos] + tokens + [eos], padded with eos to a common length (<= max_len), and the mask of scored tokens.
+
+  The end-of-text after a text is scored only where the sample itself ended there (`ended`, default all):
+  a sample cut at the sequence length never produced one.
+  """
   eos = tokenizer.eos_token_id
+  ended = [True] * len(texts) if ended is None else list(ended)
   encoded = [tokenizer.encode(t)[: max_len - 2] for t in texts]
   length = max(len(e) for e in encoded) + 2
   ids = np.full((len(texts), length), eos, np.int32)
   mask = np.zeros((len(texts), length), np.float32)
   for i, e in enumerate(encoded):
     ids[i, 1:1 + len(e)] = e
-    mask[i, 1:2 + len(e)] = 1.0  # The text's tokens and the first end-of-text after them.
+    mask[i, 1:1 + len(e) + int(ended[i])] = 1.0  # The text's tokens and, if it ended, its end-of-text.
   return ids, mask
 
 
-def gen_ppl(evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 16) -> float:
-  """Pooled generative perplexity of texts under the evaluator."""
+def gen_ppl(evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 16,
+            ended: Sequence[bool] | None = None) -> float:
+  """Pooled generative perplexity of texts under the evaluator (see evaluator_rows for `ended`)."""
   if not texts:
     raise ValueError("gen_ppl needs at least one text")
   graphdef, state = nnx.split(evaluator)
-  ids, mask = evaluator_rows(texts, tokenizer, evaluator.cfg.n_positions)
+  ids, mask = evaluator_rows(texts, tokenizer, evaluator.cfg.n_positions, ended)
   total, count = 0.0, 0.0
   for i in range(0, len(texts), batch):
     nll, n = _token_nll(graphdef, state, jnp.asarray(ids[i:i + batch]), jnp.asarray(mask[i:i + batch]))
@@ -94,10 +101,14 @@ def gen_ppl(evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 
 
 
 def text_metrics(token_lists: Sequence[Sequence[int]], texts: Sequence[str], evaluator, eval_tokenizer,
-                 bleu_samples: int = 200) -> dict[str, float]:
-  """Every metric of one sample set: token_lists are the samples' own tokens (up to end-of-text)."""
+                 bleu_samples: int = 200, seq_len: int | None = None) -> dict[str, float]:
+  """Every metric of one sample set: token_lists are the samples' own tokens (up to end-of-text).
+
+  With seq_len, a sample shorter than it ended with end-of-text, which gen_ppl then scores too.
+  """
+  ended = None if seq_len is None else [len(t) < seq_len for t in token_lists]
   return {
-      "gen_ppl": gen_ppl(evaluator, eval_tokenizer, texts),
+      "gen_ppl": gen_ppl(evaluator, eval_tokenizer, texts, ended=ended),
       "entropy": mean_entropy(token_lists),
       "distinct_1": distinct_n(token_lists, 1),
       "distinct_2": distinct_n(token_lists, 2),

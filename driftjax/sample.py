@@ -6,6 +6,7 @@ first end-of-text) and prints a few. The checkpoint is DIR's latest, or config.s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -49,10 +50,16 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, spec: train.
   return (state["ema"] if use_ema else state["params"]), step
 
 
+@functools.lru_cache(maxsize=8)
+def _forward(graphdef):
+  """The jitted generator forward of a graphdef, compiled once per graphdef (and input shape)."""
+  return jax.jit(lambda p, noise, style: nnx.merge(graphdef, p)(noise, style))
+
+
 def generate(graphdef, params, gen_cfg: gen_lib.GeneratorConfig, table: jax.Array, n: int, batch: int,
              key: jax.Array, *, metric: str = "l2", temperature: float = 0.0, top_k: int = 0):
   """(token ids (n, L), nearest-token distances (n, L)): one generator forward pass per batch."""
-  forward = jax.jit(lambda p, noise, style: nnx.merge(graphdef, p)(noise, style))
+  forward = _forward(graphdef)
   ids, dists = [], []
   for i in range(0, n, batch):
     k_in, k_dec = jax.random.split(jax.random.fold_in(key, i))
@@ -68,7 +75,9 @@ def records(ids: np.ndarray, dists: np.ndarray, tokenizer) -> list[dict[str, Any
   eos = tokenizer.eos_token_id
   rows = decode.truncate_at_eos(ids, eos)
   texts = [tokenizer.decode(r) for r in rows]
-  return [{"text": t, "token_ids": r, "nn_dist": float(d.mean())} for t, r, d in zip(texts, rows, dists)]
+  # nn_dist: mean distance to the chosen tokens over the sample's own positions (up to end-of-text).
+  return [{"text": t, "token_ids": r, "nn_dist": float(d[: max(len(r), 1)].mean())}
+          for t, r, d in zip(texts, rows, dists)]
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:

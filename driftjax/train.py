@@ -275,7 +275,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | No
     logging.info("resumed from step %d in %s", start, workdir)
   total = config.optim.total_steps
   writer = MetricsWriter(workdir, start)
-  timer = _StepTimer(start, trainer.cfg.groups * trainer.cfg.n_gen * config.model.seq_len)
   last_saved = start if start else None
   pending = None  # (step, device metrics) of a logged step, read on the next step so the host never blocks.
   history = []
@@ -290,6 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | No
     progress.update(step, host)
 
   quick_eval = _quick_evaluator(config, workdir, trainer) if t.eval_every else None
+  timer = _StepTimer(start, trainer.cfg.groups * trainer.cfg.n_gen * config.model.seq_len)  # After loading.
   step = start
   try:
     with _SigtermFlag() as sigterm:
@@ -300,7 +300,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | No
           report(*pending)
         pending = (step, metrics) if step % t.log_every == 0 or step == total else None
         if quick_eval and step % t.eval_every == 0:
+          t_eval = time.time()
           writer.write(step, quick_eval(state))
+          timer.time += time.time() - t_eval  # Evaluation time is not training step time.
         stop = _any_host(sigterm.set) or bool(t.stop_after_steps and step - start >= t.stop_after_steps)
         if stop or step % t.checkpoint_every == 0 or step == total:
           # Never save a state that is not finite: read this step's loss and gradient norm first.
@@ -352,7 +354,7 @@ def _quick_evaluator(config, workdir: str, trainer: Trainer):
                                      jax.random.key(config.sample.seed), metric=config.sample.metric)
     rows = sample_lib.records(ids, dists, trainer.tokenizer)
     scores = metrics_lib.text_metrics([r["token_ids"] for r in rows], [r["text"] for r in rows], evaluator,
-                                      eval_tok, bleu_samples=n)
+                                      eval_tok, bleu_samples=n, seq_len=config.model.seq_len)
     scores["nn_dist"] = float(np.mean([r["nn_dist"] for r in rows]))
     return {f"eval/{k}": float(v) for k, v in scores.items()}
 

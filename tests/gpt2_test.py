@@ -116,5 +116,6 @@ def test_ar_sampling_matches_full_forward(tiny):
   np.testing.assert_array_equal(np.asarray(jnp.argmax(logits[:, :-1], -1)), np.asarray(tokens))
   hot = gpt2.sample_ar(tiny, jax.random.key(1), batch=2, length=10, temperature=1.0)
   assert not np.array_equal(np.asarray(hot), np.asarray(tokens))
-  with pytest.raises(ValueError, match="exceeds the model's 32 positions"):
-    gpt2.sample_ar(tiny, jax.random.key(0), batch=1, length=32)
+  assert gpt2.sample_ar(tiny, jax.random.key(0), batch=1, length=32).shape == (1, 32)  # All positions.
+  with pytest.raises(ValueError, match="sequence length 33 exceeds the model's 32 positions"):
+    gpt2.sample_ar(tiny, jax.random.key(0), batch=1, length=33)

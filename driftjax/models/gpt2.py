@@ -197,8 +197,8 @@ def sample_ar(model: GPT2, key: Array, batch: int, length: int, temperature: flo
   The reference "ar" row of evaluation and the autoregressive side of benchmarks/sampling.py.
   """
   cfg = model.cfg
-  if length + 1 > cfg.n_positions:
-    raise ValueError(f"sequence length {length + 1} exceeds the model's {cfg.n_positions} positions")
+  if length > cfg.n_positions:  # Positions 0 .. length-1 are fed (the start token and length-1 samples).
+    raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
   start = cfg.eos_token_id if start_id is None else start_id
   graphdef, state = nnx.split(model)
   return _sample_ar(graphdef, state, key, jnp.float32(temperature), batch=batch, length=length, start=start)
