@@ -24,23 +24,36 @@ from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
 
 
-def lm_loss(model: gpt2.GPT2, ids: jax.Array) -> jax.Array:
-  """Mean next-token cross-entropy of rows (B, L)."""
+def lm_loss(model: gpt2.GPT2, ids: jax.Array, weights: jax.Array) -> jax.Array:
+  """Next-token cross-entropy of rows (B, L), averaged over the targets ids[:, 1:] where weights (B, L-1)."""
   logits = model(input_ids=ids[:, :-1], logits=True)["logits"]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
+  return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def document_rows(texts: Sequence[str], tokenizer, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Rows [eos] + story + [eos] (+ eos padding) of seq_len + 2 tokens, one story each, and target weights.
+
+  Every row starts at a story's beginning, as text after an end-of-text does in GPT-2's own data, so the
+  model learns how stories open; the targets past a story's end-of-text (padding) weigh nothing.
+  """
+  eos = tokenizer.eos_token_id
+  body = pipeline.tokenize_documents(texts, tokenizer, seq_len + 1, pack=False, stats=pipeline.CorpusStats())
+  rows = np.concatenate([np.full((len(body), 1), eos, np.int32), body], axis=1)
+  first_eos = np.argmax(body == eos, axis=1)  # Every body row holds at least its closing end-of-text.
+  weights = (np.arange(body.shape[1])[None] <= first_eos[:, None]).astype(np.float32)
+  return rows, weights
 
 
 def train_lm(texts: Sequence[str], tokenizer, *, n_layer: int, n_embd: int, n_head: int, seq_len: int,
              steps: int, batch: int, lr: float, seed: int = 0, log_every: int = 0,
              losses: list | None = None) -> gpt2.GPT2:
-  """Trains a GPT-2 of the given size on texts (packed rows, each story ended with end-of-text).
+  """Trains a GPT-2 of the given size on texts (one story per row, see document_rows).
 
   `losses`, when given, receives the training loss of every step.
   """
-  rows = pipeline.tokenize_documents(texts, tokenizer, seq_len + 1, pack=True, stats=pipeline.CorpusStats())
-  # Rows start with end-of-text as GPT-2's own text does, so that sampling from it can start there too.
-  rows = np.concatenate([np.full((len(rows), 1), tokenizer.eos_token_id, np.int32), rows[:, :-1]], axis=1)
-  cfg = gpt2.GPT2Config(vocab_size=len(tokenizer), n_positions=max(seq_len + 1, 64), n_embd=n_embd,
+  rows, weights = document_rows(texts, tokenizer, seq_len)
+  cfg = gpt2.GPT2Config(vocab_size=len(tokenizer), n_positions=seq_len + 1, n_embd=n_embd,
                         n_layer=n_layer, n_head=n_head, eos_token_id=tokenizer.eos_token_id)
   model = gpt2.GPT2(cfg, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
@@ -49,15 +62,15 @@ def train_lm(texts: Sequence[str], tokenizer, *, n_layer: int, n_embd: int, n_he
   opt_state = tx.init(params)
 
   @jax.jit
-  def step(params, opt_state, ids):
-    loss, grads = jax.value_and_grad(lambda p: lm_loss(nnx.merge(graphdef, p), ids))(params)
+  def step(params, opt_state, ids, w):
+    loss, grads = jax.value_and_grad(lambda p: lm_loss(nnx.merge(graphdef, p), ids, w))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   rng = np.random.default_rng(seed)
   for i in range(steps):
-    ids = jnp.asarray(rows[rng.integers(0, len(rows), batch)])
-    params, opt_state, loss = step(params, opt_state, ids)
+    idx = rng.integers(0, len(rows), batch)
+    params, opt_state, loss = step(params, opt_state, jnp.asarray(rows[idx]), jnp.asarray(weights[idx]))
     if losses is not None:
       losses.append(float(loss))
     if log_every and (i + 1) % log_every == 0:

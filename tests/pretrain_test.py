@@ -31,3 +31,13 @@ def test_pretrain_encoder_writes_hf_folder_and_is_reused(tmp_path):
   mtime = os.path.getmtime(os.path.join(out, "model.safetensors"))
   assert pretrain.pretrain_encoder(config, str(tmp_path)) == out  # Reused, not retrained.
   assert os.path.getmtime(os.path.join(out, "model.safetensors")) == mtime
+
+
+def test_document_rows_start_stories_and_weigh_no_padding():
+  tok = tok_lib.load_tokenizer("gpt2")
+  rows, weights = pretrain.document_rows(["a b", "c d e f g h i j k"], tok, seq_len=4)
+  eos = tok.eos_token_id
+  assert rows.shape == (2, 6) and weights.shape == (2, 5)
+  assert rows[0].tolist() == [eos] + tok.encode("a b") + [eos] * 3
+  assert weights[0].tolist() == [1, 1, 1, 0, 0]  # "a", "b" and the closing end-of-text.
+  assert rows[1, 0] == eos and rows[1, -1] == eos and weights[1].sum() == 5  # Truncated, still closed.

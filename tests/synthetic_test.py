@@ -23,6 +23,8 @@ def test_checker_rejects_what_the_grammar_cannot_produce():
   assert synthetic.grammatical_rate(text) == pytest.approx(2 / 3)
   assert synthetic.grammatical_rate("dog named Tom was.") == 0.0
   assert synthetic.grammatical_rate("") == 0.0
+  story = synthetic.generate_stories(1)[0]
+  assert synthetic.grammatical_rate(story + " Tom Tom Tom") < 1.0  # A trailing fragment counts.
   # Slots must agree with the grammar's word lists.
   assert synthetic.grammatical_rate("Once upon a time, there was a big dragon named Tom.") == 0.0
 

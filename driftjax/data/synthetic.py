@@ -107,7 +107,8 @@ _PATTERN = None
 
 
 def split_sentences(text: str) -> list[str]:
-  return [s.strip() for s in re.findall(r"[^.!?]+[.!?]", text) if s.strip()]
+  """Sentences ending in . ! or ?; trailing text without one counts as a (fragment) sentence too."""
+  return [s.strip() for s in re.findall(r"[^.!?]+(?:[.!?]|$)", text) if s.strip()]
 
 
 def grammatical_rate(text: str) -> float:
