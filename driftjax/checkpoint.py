@@ -15,9 +15,14 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def make_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                         create=True, cleanup_tmp_directories=True)
+def make_manager(workdir: str, keep: int = 1, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of DIR/checkpoints; read_only (sampling, evaluation) creates, cleans and deletes nothing."""
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                           create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
                                item_names=("state", "data"))
 

@@ -63,9 +63,7 @@ def data_reference(config: ml_collections.ConfigDict, tokenizer, n: int) -> list
     docs = [docs[i] for i in range(min(len(docs), 4 * n))]
     rows = pipeline.tokenize_documents(docs, tokenizer, seq_len, d.pack, pipeline.CorpusStats())[:n]
   else:
-    docs = pipeline.load_documents(d.source, seed=config.seed, synthetic_docs=d.get("synthetic_docs", 0))
-    rows = pipeline.tokenize_documents(docs, tokenizer, seq_len, d.pack, pipeline.CorpusStats())
-    _, held = pipeline.split_holdout(rows, d.holdout, config.seed)
+    _, held = train.corpus_rows(config, tokenizer, pipeline.CorpusStats())
     if not len(held):
       raise ValueError("the data reference needs held-out rows: set data.holdout > 0 for files:/synthetic sources")
     rows = held[:n]

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from driftjax import build
+from driftjax import checkpoint as ckpt_lib
 from driftjax import files
 from driftjax import train
 from driftjax.models import decode
@@ -32,8 +33,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, spec: train.
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoints in {directory}: train first (--mode=train) or pass another --workdir")
-  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_names=("state", "data"))
+  mngr = ckpt_lib.make_manager(workdir, read_only=True)
   steps = mngr.all_steps()
   if not steps:
     raise FileNotFoundError(f"no checkpoints in {directory}: train first (--mode=train)")

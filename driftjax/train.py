@@ -55,7 +55,6 @@ class Trainer:
   init_fn: Any
   data_iter: Any
   stats: pipeline.CorpusStats
-  holdout: np.ndarray
   spec: Any = None
 
   def init_state(self):
@@ -98,20 +97,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError("train.num_devices must be 0 (all devices) on several hosts")
 
 
-def load_data(config, tokenizer, batch_per_host: int, stats: pipeline.CorpusStats):
-  """The data iterator and the held-out rows (for the data reference in evaluation)."""
+def corpus_rows(config, tokenizer, stats: pipeline.CorpusStats) -> tuple[np.ndarray, np.ndarray]:
+  """(training rows, held-out rows) of a files: or synthetic source, split the same way for every mode."""
   d = config.data
-  seq_len = config.model.seq_len
+  docs = pipeline.load_documents(d.source, seed=config.seed, synthetic_docs=d.get("synthetic_docs", 0))
+  rows = pipeline.tokenize_documents(docs, tokenizer, config.model.seq_len, d.pack, stats)
+  return pipeline.split_holdout(rows, d.holdout, config.seed)
+
+
+def load_data(config, tokenizer, batch_per_host: int, stats: pipeline.CorpusStats):
+  """The training data iterator of this host."""
+  d = config.data
   if d.source.startswith("hf:"):
     if d.pack:
       raise ValueError("data.pack needs a files: or synthetic source (hf: sources are tokenized lazily)")
     docs = pipeline.load_documents(d.source, split=d.split)
-    no_holdout = np.zeros((0, seq_len), np.int32)
-    return pipeline.hf_iterator(docs, tokenizer, seq_len, batch_per_host, config.seed, stats), no_holdout
-  docs = pipeline.load_documents(d.source, seed=config.seed, synthetic_docs=d.get("synthetic_docs", 0))
-  rows = pipeline.tokenize_documents(docs, tokenizer, seq_len, d.pack, stats)
-  train_rows, holdout = pipeline.split_holdout(rows, d.holdout, config.seed)
-  return pipeline.make_iterator(train_rows, batch_per_host, config.seed), holdout
+    return pipeline.hf_iterator(docs, tokenizer, config.model.seq_len, batch_per_host, config.seed, stats)
+  train_rows, _ = corpus_rows(config, tokenizer, stats)
+  return pipeline.make_iterator(train_rows, batch_per_host, config.seed)
 
 
 @dataclasses.dataclass
@@ -173,12 +176,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
                     out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0)
   init_fn = jax.jit(spec.init, out_shardings=state_sh)
   stats = pipeline.CorpusStats()
-  data_iter, holdout = load_data(config, tokenizer, cfg.groups * cfg.n_pos // jax.process_count(), stats)
+  data_iter = load_data(config, tokenizer, cfg.groups * cfg.n_pos // jax.process_count(), stats)
   logging.info("data: %s", pipeline.describe_stats(stats))
   return Trainer(config=config, workdir=workdir, cfg=cfg, mesh=mesh, encoder=encoder, tokenizer=tokenizer,
                  graphdef=spec.graphdef, enc_graphdef=enc_graphdef, enc_state=enc_state, state_shardings=state_sh,
                  batch_sharding=batch_sh, step_fn=step_fn, init_fn=init_fn, data_iter=data_iter, stats=stats,
-                 holdout=holdout, spec=spec)
+                 spec=spec)
 
 
 class _SigtermFlag:

@@ -110,9 +110,3 @@ def truncate_at_eos(ids: np.ndarray, eos_id: int) -> list[list[int]]:
     hits = np.flatnonzero(row == eos_id)
     out.append(row[: hits[0]].tolist() if hits.size else row.tolist())
   return out
-
-
-def decode_text(ids: np.ndarray, tokenizer, eos_id: int | None = None) -> list[str]:
-  """Text of each row, ending at the first end-of-text token."""
-  eos = tokenizer.eos_token_id if eos_id is None else eos_id
-  return [tokenizer.decode(row) for row in truncate_at_eos(ids, eos)]
