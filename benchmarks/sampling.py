@@ -50,11 +50,11 @@ def main():
   config = module.get_config()
   lm_cfg = gpt2.GPT2Config(n_layer=config.model.depth, n_embd=config.model.width, n_head=config.model.heads)
   lm = gpt2.GPT2(lm_cfg, rngs=nnx.Rngs(0))
-  gen_cfg = build.generator_config(config, lm_cfg.n_embd)
+  gen_cfg = build.generator_config(config, lm_cfg.n_embd, lm_cfg.vocab_size)
   gen = gen_lib.Generator(gen_cfg, rngs=nnx.Rngs(1))
   graphdef, params = nnx.split(gen)
   forward = jax.jit(lambda p, noise, style: nnx.merge(graphdef, p)(noise, style))
-  table = lm.wte.value
+  table = lm.wte[...]
   length = gen_cfg.seq_len
   n_gen = sum(x.size for x in jax.tree.leaves(params))
   n_lm = sum(x.size for x in jax.tree.leaves(nnx.state(lm, nnx.Param)))
@@ -65,7 +65,7 @@ def main():
     noise, style = gen_lib.sample_inputs(jax.random.key(2), batch, gen_cfg)
 
     def one_step():
-      return decode.decode_tokens(forward(params, noise, style), table)[0]
+      return decode.decode_outputs(forward(params, noise, style), table, gen_cfg)[0]
 
     def autoregressive():
       return gpt2.sample_ar(lm, jax.random.key(3), batch, length)

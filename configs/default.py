@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.style_codebook = 64
   config.model.pos_init_scale = 1.0  # Position signal at the noise's scale (0.02 was drowned; ALGORITHM.md 7).
   config.model.dtype = "float32"  # Compute dtype; "bfloat16" on TPU/GPU. Parameters stay float32.
+  config.model.head = "embedding"  # The paper's: embeddings. "vocab": logits whose expected embedding feeds the
+  config.model.vocab_mode = "soft"  # encoder ("soft"), or the argmax token's with that gradient ("straight_through").
 
   # Frozen feature encoder: GPT-2 in Flax NNX with Hugging Face weights (hub name or local folder).
   config.encoder = ml_collections.ConfigDict()

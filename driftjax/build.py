@@ -14,19 +14,34 @@ from driftjax.models import generator as gen_lib
 from driftjax.models import gpt2
 
 
-def generator_config(config: ml_collections.ConfigDict, out_dim: int) -> gen_lib.GeneratorConfig:
+PRETRAINED = "pretrained"  # encoder.name / encoder.tokenizer: the output of --mode=pretrain_encoder in DIR.
+
+
+def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int) -> gen_lib.GeneratorConfig:
+  """out_dim: the encoder's embedding width; vocab_size: the tokenizer's (the vocab head's choices)."""
   m = config.model
   return gen_lib.GeneratorConfig(seq_len=m.seq_len, width=m.width, depth=m.depth, heads=m.heads,
                                  mlp_ratio=m.mlp_ratio, noise_dim=m.noise_dim, out_dim=out_dim,
                                  style_tokens=m.style_tokens, style_codebook=m.style_codebook,
-                                 pos_init_scale=m.pos_init_scale, dtype=m.dtype)
+                                 pos_init_scale=m.pos_init_scale, dtype=m.dtype, head=m.head,
+                                 vocab_size=vocab_size, vocab_mode=m.vocab_mode)
 
 
 def encoder_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """The encoder's hub name or folder; a random encoder (smoke tests) lives in workdir/random_gpt2."""
+  """The encoder's hub name or folder: a random encoder (smoke tests) lives in DIR/random_gpt2, one written by
+  --mode=pretrain_encoder (encoder.name="pretrained") in DIR/<pretrain.out_dir>."""
   if config.encoder.get("random") and config.encoder.random.enabled:
     return os.path.join(workdir, "random_gpt2")
+  if config.encoder.name == PRETRAINED:
+    return os.path.join(workdir, config.pretrain.out_dir)
   return config.encoder.name
+
+
+def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The tokenizer's name or folder; encoder.tokenizer="pretrained": the BPE that pretrain_encoder trained."""
+  if config.encoder.tokenizer == PRETRAINED:
+    return os.path.join(workdir, config.pretrain.out_dir)
+  return config.encoder.tokenizer
 
 
 def write_random_encoder(config: ml_collections.ConfigDict, path: str, vocab_size: int, eos_id: int) -> None:
@@ -40,14 +55,17 @@ def write_random_encoder(config: ml_collections.ConfigDict, path: str, vocab_siz
 
 
 def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str):
-  tokenizer = tok_lib.load_tokenizer(config.encoder.tokenizer)
   path = encoder_path(config, workdir)
+  if config.encoder.name == PRETRAINED and not os.path.exists(os.path.join(path, "model.safetensors")):
+    raise FileNotFoundError(f"encoder.name='pretrained' but {path} holds no model.safetensors: run "
+                            "--mode=pretrain_encoder (or --mode=demo) with this --workdir first")
+  tokenizer = tok_lib.load_tokenizer(tokenizer_path(config, workdir))
   if config.encoder.get("random") and config.encoder.random.enabled and jax.process_index() == 0:
     write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
   encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype))
   if encoder.cfg.vocab_size < len(tokenizer):
     raise ValueError(f"encoder {path!r} has {encoder.cfg.vocab_size} token embeddings but tokenizer "
-                     f"{config.encoder.tokenizer!r} has {len(tokenizer)} tokens")
+                     f"{tokenizer_path(config, workdir)!r} has {len(tokenizer)} tokens")
   if config.model.seq_len > encoder.cfg.n_positions:
     raise ValueError(f"model.seq_len={config.model.seq_len} exceeds the encoder's {encoder.cfg.n_positions} "
                      "positions")
@@ -59,7 +77,7 @@ def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str):
 
 def mean_token_embedding(encoder: gpt2.GPT2, vocab_size: int) -> jax.Array:
   """Mean of the token embeddings the tokenizer can produce: the generator's output bias at init."""
-  return jnp.mean(encoder.wte.value[:vocab_size], axis=0)
+  return jnp.mean(encoder.wte[...][:vocab_size], axis=0)
 
 
 def load_evaluator(config: ml_collections.ConfigDict, workdir: str, encoder, tokenizer):

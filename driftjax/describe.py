@@ -78,7 +78,7 @@ def train_flops(config, gen_cfg, enc_cfg, gen_params, enc_params) -> dict[str, f
 
 def describe(config: ml_collections.ConfigDict) -> dict:
   enc_cfg = encoder_config(config.encoder.name)
-  gen_cfg = build.generator_config(config, enc_cfg.n_embd)
+  gen_cfg = build.generator_config(config, enc_cfg.n_embd, enc_cfg.vocab_size)
   if gen_cfg.seq_len > enc_cfg.n_positions:
     raise ValueError(f"model.seq_len={gen_cfg.seq_len} exceeds the encoder's {enc_cfg.n_positions} positions")
   gen_params = count_params(lambda: gen_lib.Generator(gen_cfg, rngs=nnx.Rngs(0)))

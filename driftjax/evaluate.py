@@ -8,6 +8,7 @@ and a gen-PPL vs entropy frontier is plotted with the reference points.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -70,6 +71,19 @@ def data_reference(config: ml_collections.ConfigDict, tokenizer, n: int) -> list
   return decode.truncate_at_eos(rows, tokenizer.eos_token_id)
 
 
+@functools.lru_cache(maxsize=2)
+def _training_documents(source: str, synthetic_docs: int, holdout: int, seed: int) -> frozenset:
+  cfg = ml_collections.ConfigDict({"seed": seed, "data": {"source": source, "synthetic_docs": synthetic_docs,
+                                                           "holdout": holdout}})
+  return frozenset(d.strip() for d in train.corpus_documents(cfg)[0])
+
+
+def training_documents(config) -> frozenset:
+  """The stories training saw (stripped): copy_rate compares against these, not against held-out ones."""
+  d = config.data
+  return _training_documents(d.source, d.get("synthetic_docs", 0), d.holdout, config.seed)
+
+
 def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
   texts = [tokenizer.decode(t) for t in token_lists]
   result = metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples,
@@ -77,8 +91,7 @@ def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
   if config.data.source == "synthetic":  # The grammar can check the text itself.
     from driftjax.data import synthetic
     result["grammatical_rate"] = float(np.mean([synthetic.grammatical_rate(t) for t in texts]))
-    result["copy_rate"] = synthetic.copy_rate(texts, synthetic.generate_stories(config.data.synthetic_docs,
-                                                                                config.seed))
+    result["copy_rate"] = synthetic.copy_rate(texts, training_documents(config))
   return result
 
 
@@ -158,7 +171,7 @@ def temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval
   e, s = config.eval, config.sample
   spec = train.state_spec(config, encoder, tokenizer)
   params, _ = sample_lib.restore_params(config, workdir, spec, step)
-  table = encoder.wte.value[: len(tokenizer)]
+  table = encoder.wte[...][: len(tokenizer)]
   out = {}
   for t in e.sweep_temperatures:
     ids, _ = sample_lib.generate(spec.graphdef, params, spec.cfg.gen, table, s.n_samples, s.batch,

@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import ml_collections
 
-MODES = ("train", "sample", "eval", "describe", "pretrain_encoder", "toy2d")
+MODES = ("train", "sample", "eval", "describe", "pretrain_encoder", "toy2d", "demo")
 
 
 def maybe_initialize_distributed() -> None:
@@ -48,6 +48,9 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
   elif mode == "describe":
     from driftjax import describe
     describe.run(config)
+  elif mode == "demo":
+    from driftjax import demo
+    demo.run(config, workdir)
   elif mode == "toy2d":
     from driftjax import toy2d
     toy2d.run(config, workdir)

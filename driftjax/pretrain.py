@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from driftjax import build
 from driftjax.data import pipeline
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
@@ -97,9 +98,15 @@ def pretrain_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
     logging.info("pretrained encoder found in %s: reused", out)
     return out
   d = config.data
-  docs = pipeline.load_documents(d.source, split=d.split, seed=config.seed, synthetic_docs=p.docs)
+  if d.source.startswith("hf:"):
+    docs = pipeline.load_documents(d.source, split=d.split)
+  else:  # The generator's training split: the held-out stories (the data reference) stay unseen.
+    from driftjax import train
+    docs = train.corpus_documents(config)[0]
   docs = [docs[i] for i in range(min(len(docs), p.docs))] if p.docs else list(docs)
   staging = out + ".partial"  # Written aside, renamed when complete: a killed run leaves no half encoder.
+  if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
+    raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
   tokenizer = (train_bpe(docs, p.bpe_vocab_size, staging) if p.bpe_vocab_size
                else tok_lib.load_tokenizer(config.encoder.tokenizer))
   losses = []

@@ -64,8 +64,8 @@ def generate(graphdef, params, gen_cfg: gen_lib.GeneratorConfig, table: jax.Arra
   for i in range(0, n, batch):
     k_in, k_dec = jax.random.split(jax.random.fold_in(key, i))
     noise, style = gen_lib.sample_inputs(k_in, min(batch, n - i), gen_cfg)
-    emb = forward(params, noise, style)
-    tok, dist = decode.decode_tokens(emb, table, metric=metric, temperature=temperature, top_k=top_k, key=k_dec)
+    tok, dist = decode.decode_outputs(forward(params, noise, style), table, gen_cfg, metric=metric,
+                                      temperature=temperature, top_k=top_k, key=k_dec)
     ids.append(np.asarray(tok))
     dists.append(np.asarray(dist))
   return np.concatenate(ids), np.concatenate(dists)
@@ -86,7 +86,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir)
   spec = train.state_spec(config, encoder, tokenizer)
   params, step = restore_params(config, workdir, spec, s.step)
-  table = encoder.wte.value[: len(tokenizer)]
+  table = encoder.wte[...][: len(tokenizer)]
   ids, dists = generate(spec.graphdef, params, spec.cfg.gen, table, s.n_samples, s.batch,
                         jax.random.key(s.seed), metric=s.metric, temperature=s.temperature, top_k=s.top_k)
   rows = records(ids, dists, tokenizer)

@@ -112,9 +112,9 @@ class MLPGenerator(nnx.Module):
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
     self.out = nnx.Linear(hidden, 2, rngs=rngs)
     # A collapsed start: outputs shrunk around one point.
-    self.out.kernel.value = self.out.kernel.value * out_scale
+    self.out.kernel[...] = self.out.kernel[...] * out_scale
     if out_bias is not None:
-      self.out.bias.value = jnp.asarray(out_bias, jnp.float32)
+      self.out.bias[...] = jnp.asarray(out_bias, jnp.float32)
 
   def __call__(self, z: Array) -> Array:
     h = z

@@ -67,10 +67,10 @@ class Trainer:
     return self.global_batch(next(self.data_iter))
 
 
-def step_config(config: ml_collections.ConfigDict, out_dim: int) -> step_lib.StepConfig:
+def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int) -> step_lib.StepConfig:
   d = config.data
   return step_lib.StepConfig(
-      gen=build.generator_config(config, out_dim), field=field_lib.FieldConfig.from_settings(config.drift),
+      gen=build.generator_config(config, out_dim, vocab_size), field=field_lib.FieldConfig.from_settings(config.drift),
       groups=d.groups, n_gen=d.n_gen, n_pos=d.n_pos, queue_size=d.queue_size, layers=tuple(config.drift.layers),
       raw=config.drift.raw, poolings=tuple(config.drift.poolings), ema_decay=config.optim.ema_decay)
 
@@ -97,12 +97,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError("train.num_devices must be 0 (all devices) on several hosts")
 
 
-def corpus_rows(config, tokenizer, stats: pipeline.CorpusStats) -> tuple[np.ndarray, np.ndarray]:
-  """(training rows, held-out rows) of a files: or synthetic source, split the same way for every mode."""
+def corpus_documents(config) -> tuple[list[str], list[str]]:
+  """(training, held-out) documents of a files: or synthetic source, split the same way for every mode:
+  training and encoder pretraining read the first, the data reference and nothing else the second."""
   d = config.data
   docs = pipeline.load_documents(d.source, seed=config.seed, synthetic_docs=d.get("synthetic_docs", 0))
-  rows = pipeline.tokenize_documents(docs, tokenizer, config.model.seq_len, d.pack, stats)
-  return pipeline.split_holdout(rows, d.holdout, config.seed)
+  return pipeline.split_holdout(docs, d.holdout, config.seed)
+
+
+def corpus_rows(config, tokenizer, stats: pipeline.CorpusStats) -> tuple[np.ndarray, np.ndarray]:
+  """(training rows, held-out rows) of a files: or synthetic source; `stats` counts the training rows only."""
+  d = config.data
+  train_docs, held_docs = corpus_documents(config)
+  held = (pipeline.tokenize_documents(held_docs, tokenizer, config.model.seq_len, d.pack, pipeline.CorpusStats())
+          if held_docs else np.zeros((0, config.model.seq_len), np.int32))
+  return pipeline.tokenize_documents(train_docs, tokenizer, config.model.seq_len, d.pack, stats), held
 
 
 def load_data(config, tokenizer, batch_per_host: int, stats: pipeline.CorpusStats):
@@ -135,7 +144,7 @@ class StateSpec:
 
 
 def state_spec(config: ml_collections.ConfigDict, encoder, tokenizer) -> StateSpec:
-  cfg = step_config(config, encoder.cfg.n_embd)
+  cfg = step_config(config, encoder.cfg.n_embd, len(tokenizer))
   mesh = shard_lib.make_mesh(config.train.num_devices or None)
   mean_emb = build.mean_token_embedding(encoder, len(tokenizer))
   tx, schedule = step_lib.make_optimizer(config.optim)
@@ -346,18 +355,17 @@ def _drop_lines_after(path: str, step: int) -> None:
 
 def _quick_evaluator(config, workdir: str, trainer: Trainer):
   """state -> {'eval/...': value}: greedy samples of the EMA generator scored like --mode=eval (no references)."""
-  from driftjax import metrics as metrics_lib
+  from driftjax import evaluate
   from driftjax import sample as sample_lib
   evaluator, eval_tok, _ = build.load_evaluator(config, workdir, trainer.encoder, trainer.tokenizer)
-  table = trainer.encoder.wte.value[: len(trainer.tokenizer)]
+  table = trainer.encoder.wte[...][: len(trainer.tokenizer)]
   n = config.train.eval_samples
 
   def run(state) -> dict[str, float]:
     ids, dists = sample_lib.generate(trainer.graphdef, state["ema"], trainer.cfg.gen, table, n, n,
                                      jax.random.key(config.sample.seed), metric=config.sample.metric)
     rows = sample_lib.records(ids, dists, trainer.tokenizer)
-    scores = metrics_lib.text_metrics([r["token_ids"] for r in rows], [r["text"] for r in rows], evaluator,
-                                      eval_tok, bleu_samples=n, seq_len=config.model.seq_len)
+    scores = evaluate.score([r["token_ids"] for r in rows], trainer.tokenizer, evaluator, eval_tok, config)
     scores["nn_dist"] = float(np.mean([r["nn_dist"] for r in rows]))
     return {f"eval/{k}": float(v) for k, v in scores.items()}
 

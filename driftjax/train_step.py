@@ -68,9 +68,10 @@ def init_state(key: Array, graphdef_fn, tx: optax.GradientTransformation, cfg: S
       "params": params,
       "ema": jax.tree.map(jnp.copy, params),
       "opt_state": tx.init(params),
-      "queue": jnp.full((cfg.groups, cfg.queue_size, seq_len), eos_id, jnp.int32),
-      "queue_filled": jnp.zeros((cfg.groups, cfg.queue_size), jnp.float32),
       "rng": jax.random.key_data(k_rng),
+      # Without a queue there is nothing to hold (and orbax cannot save zero-size arrays).
+      **({"queue": jnp.full((cfg.groups, cfg.queue_size, seq_len), eos_id, jnp.int32),
+          "queue_filled": jnp.zeros((cfg.groups, cfg.queue_size), jnp.float32)} if cfg.queue_size else {}),
   }
 
 
@@ -114,13 +115,17 @@ def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_g
   noise, style = gen_lib.sample_inputs(step_key, g * cfg.n_gen, cfg.gen)
 
   fresh = real_ids.reshape(g, cfg.n_pos, length)
-  pos_ids = jnp.concatenate([fresh, state["queue"]], axis=1)  # (G, M, L)
-  pos_w = jnp.concatenate([jnp.ones((g, cfg.n_pos)), state["queue_filled"]], axis=1)
+  pos_ids, pos_w = fresh, jnp.ones((g, cfg.n_pos))  # (G, M, L), (G, M)
+  if cfg.queue_size:
+    pos_ids = jnp.concatenate([fresh, state["queue"]], axis=1)
+    pos_w = jnp.concatenate([pos_w, state["queue_filled"]], axis=1)
   pool_key = jax.random.fold_in(step_key, 1)
   pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg, pool_key))
 
+  table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
+
   def loss_fn(params):
-    emb = nnx.merge(graphdef, params)(noise, style)
+    emb = gen_lib.to_embeddings(nnx.merge(graphdef, params)(noise, style), table, cfg.gen)
     loss, metrics = drift_losses(feature_dict(encoder, emb, None, cfg, pool_key), pos_feats, pos_w, cfg)
     return loss, metrics
 
@@ -129,10 +134,10 @@ def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_g
   params = optax.apply_updates(state["params"], updates)
   ema = optax.incremental_update(params, state["ema"], 1.0 - cfg.ema_decay)
 
-  q = cfg.queue_size
-  queue = jnp.concatenate([fresh, state["queue"]], axis=1)[:, :q]  # FIFO: newest first, oldest drop out.
-  filled = jnp.concatenate([jnp.ones((g, cfg.n_pos)), state["queue_filled"]], axis=1)[:, :q]
   new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state,
-               "queue": queue, "queue_filled": filled, "rng": state["rng"]}
+               "rng": state["rng"]}
+  if cfg.queue_size:  # FIFO: newest first, oldest drop out.
+    new_state["queue"] = pos_ids[:, :cfg.queue_size]
+    new_state["queue_filled"] = pos_w[:, :cfg.queue_size]
   metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
   return new_state, metrics

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from driftjax.models import decode
+from driftjax.models import generator as gen_lib
 
 TABLE = jax.random.normal(jax.random.key(0), (1000, 16))
 
@@ -70,3 +71,23 @@ def test_memory_bounded_for_default_batch():
   bounded = temp_bytes(chunk)
   assert bounded < 1e9, bounded
   assert bounded < temp_bytes(50257) / 4
+
+
+def test_vocab_head_outputs_decode_by_their_logits():
+  cfg = gen_lib.GeneratorConfig(head="vocab", vocab_size=6, out_dim=4)
+  table = jax.random.normal(jax.random.key(0), (6, 4))
+  logits = jax.random.normal(jax.random.key(1), (3, 7, 6))
+  ids, dist = decode.decode_outputs(logits, table, cfg)
+  np.testing.assert_array_equal(ids, jnp.argmax(logits, -1))
+  soft = jax.nn.softmax(logits, -1) @ table
+  np.testing.assert_allclose(dist, jnp.linalg.norm(soft - table[ids], axis=-1), rtol=1e-5)
+  top1, _ = decode.decode_outputs(logits, table, cfg, temperature=1.0, top_k=1, key=jax.random.key(2))
+  np.testing.assert_array_equal(top1, ids)  # Sampling among the top 1 is greedy.
+  peaked = 50.0 * jax.nn.one_hot(ids, 6)
+  _, d0 = decode.decode_outputs(peaked, table, cfg)
+  assert float(d0.max()) < 1e-4
+  # Sampling at a temperature follows softmax(logits / T).
+  flat = jnp.broadcast_to(jnp.log(jnp.array([0.5, 0.3, 0.2, 1e-9, 1e-9, 1e-9])), (1, 4000, 6))
+  draws, _ = decode.decode_outputs(flat, table, cfg, temperature=1.0, key=jax.random.key(3))
+  np.testing.assert_allclose(np.bincount(np.asarray(draws).ravel(), minlength=6)[:3] / 4000, [0.5, 0.3, 0.2],
+                             atol=0.03)

@@ -41,7 +41,7 @@ def test_blocks_are_identity_at_init():
 
 def test_output_bias_is_mean_embedding():
   mean = jax.random.normal(jax.random.key(4), (24,))
-  chex.assert_trees_all_close(make(mean=mean).out.bias.value, mean)
+  chex.assert_trees_all_close(make(mean=mean).out.bias[...], mean)
   with pytest.raises(ValueError, match=r"mean_embedding must be \(24,\), got \(23,\)"):
     make(mean=jnp.zeros(23))
 
@@ -93,3 +93,37 @@ def test_bad_noise_shape_and_heads_are_errors():
     make()(jnp.zeros((2, 15, 8)), jnp.zeros((2, 4), jnp.int32))
   with pytest.raises(ValueError, match="must split into 5 heads"):
     make(gen.GeneratorConfig(**{**CFG.__dict__, "heads": 5}))
+
+
+VOCAB_CFG = gen.GeneratorConfig(**{**CFG.__dict__, "head": "vocab", "vocab_size": 10})
+
+
+def test_vocab_head_outputs_logits_and_feeds_expected_embeddings():
+  model = make(VOCAB_CFG)
+  noise, style = gen.sample_inputs(jax.random.key(1), 2, VOCAB_CFG)
+  logits = model(noise, style)
+  chex.assert_shape(logits, (2, 16, 10))
+  table = jax.random.normal(jax.random.key(2), (10, 24))
+  soft = gen.to_embeddings(logits, table, VOCAB_CFG)
+  chex.assert_trees_all_close(soft, jnp.einsum("blv,vd->bld", jax.nn.softmax(logits, -1), table), atol=1e-5)
+  # Expected embeddings lie in the convex hull of the table: a peaked distribution gives its token.
+  peaked = jnp.zeros((1, 1, 10)).at[0, 0, 3].set(100.0)
+  chex.assert_trees_all_close(gen.to_embeddings(peaked, table, VOCAB_CFG)[0, 0], table[3], atol=1e-5)
+
+
+def test_straight_through_feeds_tokens_and_passes_the_soft_gradient():
+  st = gen.GeneratorConfig(**{**VOCAB_CFG.__dict__, "vocab_mode": "straight_through"})
+  logits = jax.random.normal(jax.random.key(3), (2, 5, 10))
+  table = jax.random.normal(jax.random.key(4), (10, 24))
+  chex.assert_trees_all_close(gen.to_embeddings(logits, table, st), table[jnp.argmax(logits, -1)], atol=1e-6)
+  target = jax.random.normal(jax.random.key(5), (2, 5, 24))
+  grad = lambda cfg: jax.grad(lambda l: jnp.sum(gen.to_embeddings(l, table, cfg) * target))(logits)
+  chex.assert_trees_all_close(grad(st), grad(VOCAB_CFG), atol=1e-6)
+  assert float(jnp.abs(grad(st)).max()) > 0
+
+
+def test_bad_head_settings_are_errors():
+  with pytest.raises(ValueError, match="model.head='logits'"):
+    make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "logits"}))
+  with pytest.raises(ValueError, match="head='vocab' needs vocab_size > 0"):
+    make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "vocab"}))

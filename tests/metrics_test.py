@@ -42,14 +42,14 @@ def unigram_lm():
   """A GPT-2 whose output ignores its input: ln_f scale 0 and bias b give logits b @ wte^T everywhere."""
   cfg = gpt2.GPT2Config(vocab_size=50257, n_positions=64, n_embd=8, n_layer=1, n_head=2)
   model = gpt2.GPT2(cfg, rngs=nnx.Rngs(0))
-  model.ln_f.weight.value = jnp.zeros(8)
-  model.ln_f.bias.value = jnp.ones(8)
+  model.ln_f.weight[...] = jnp.zeros(8)
+  model.ln_f.bias[...] = jnp.ones(8)
   return model
 
 
 def test_perplexity_of_a_known_lm(unigram_lm):
   tok = tok_lib.load_tokenizer("gpt2")
-  logp = np.asarray(jax_log_softmax(unigram_lm.wte.value @ unigram_lm.ln_f.bias.value))
+  logp = np.asarray(jax_log_softmax(unigram_lm.wte[...] @ unigram_lm.ln_f.bias[...]))
   texts = ["Once upon a time", "the cat sat."]
   # Scored tokens: every text token and the end-of-text after it.
   scored = [tok.encode(t) + [tok.eos_token_id] for t in texts]

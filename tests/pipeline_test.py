@@ -132,10 +132,13 @@ def test_rows_shard_per_host(monkeypatch):
 
 
 def test_holdout_is_disjoint():
-  rows = np.arange(50, dtype=np.int32).reshape(25, 2)
-  train, held = pipeline.split_holdout(rows, 5, seed=0)
+  docs = [f"story {i}" for i in range(25)]
+  train, held = pipeline.split_holdout(docs, 5, seed=0)
   assert len(train) == 20 and len(held) == 5
-  assert not set(train[:, 0]) & set(held[:, 0])
+  assert not set(train) & set(held) and set(train) | set(held) == set(docs)
+  assert pipeline.split_holdout(docs, 5, seed=0) == (train, held)  # The same split in every mode.
+  with pytest.raises(ValueError, match="data.holdout=25 needs more than 25 documents; the corpus has 25"):
+    pipeline.split_holdout(docs, 25, seed=0)
 
 
 @pytest.mark.skipif(not os.path.exists(DEV), reason="../shared is not beside this checkout")

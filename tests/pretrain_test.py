@@ -3,10 +3,12 @@
 import os
 
 import numpy as np
+import pytest
 
 from configs import default
 from driftjax import metrics
 from driftjax import pretrain
+from driftjax import train
 from driftjax.data import synthetic
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
@@ -15,6 +17,7 @@ from driftjax.models import gpt2
 def test_pretrain_encoder_writes_hf_folder_and_is_reused(tmp_path):
   config = default.get_config()
   config.data.source = "synthetic"
+  config.data.synthetic_docs = 300
   p = config.pretrain
   p.docs, p.bpe_vocab_size, p.n_layer, p.n_embd, p.n_head = 300, 400, 1, 32, 2
   p.seq_len, p.steps, p.batch, p.lr, p.log_every = 32, 60, 16, 3e-3, 0
@@ -31,6 +34,32 @@ def test_pretrain_encoder_writes_hf_folder_and_is_reused(tmp_path):
   mtime = os.path.getmtime(os.path.join(out, "model.safetensors"))
   assert pretrain.pretrain_encoder(config, str(tmp_path)) == out  # Reused, not retrained.
   assert os.path.getmtime(os.path.join(out, "model.safetensors")) == mtime
+
+
+def test_pretraining_never_sees_the_held_out_stories(tmp_path, monkeypatch):
+  config = default.get_config()
+  config.data.source, config.data.synthetic_docs, config.data.holdout = "synthetic", 50, 10
+  config.pretrain.docs, config.pretrain.bpe_vocab_size = 0, 300
+  seen = []
+
+  def fake_train_lm(texts, tokenizer, **kw):
+    seen.extend(texts)
+    raise RuntimeError("stop here")
+
+  monkeypatch.setattr(pretrain, "train_lm", fake_train_lm)
+  with pytest.raises(RuntimeError, match="stop here"):
+    pretrain.pretrain_encoder(config, str(tmp_path))
+  train_docs, held = train.corpus_documents(config)
+  assert len(seen) == 40 and set(seen) == set(train_docs) and not set(seen) & set(held)
+  assert not os.path.exists(tmp_path / "encoder")  # Nothing half-written where the encoder goes.
+
+
+def test_pretrained_tokenizer_needs_a_bpe(tmp_path):
+  config = default.get_config()
+  config.data.source, config.data.synthetic_docs = "synthetic", 20
+  config.encoder.tokenizer = "pretrained"
+  with pytest.raises(ValueError, match="encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0"):
+    pretrain.pretrain_encoder(config, str(tmp_path))
 
 
 def test_document_rows_start_stories_and_weigh_no_padding():

@@ -143,14 +143,15 @@ def tokenize_documents(docs: Sequence[str], tokenizer, seq_len: int, pack: bool,
   return rows
 
 
-def split_holdout(rows: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """A fixed random split into (train, held-out) rows; the held-out rows never enter training."""
+def split_holdout(docs: Sequence[str], holdout: int, seed: int) -> tuple[list[str], list[str]]:
+  """A fixed random split of documents into (train, held-out); held-out documents never enter training (nor
+  encoder pretraining): they are the data reference of evaluation."""
   if holdout <= 0:
-    return rows, rows[:0]
-  if holdout >= len(rows):
-    raise ValueError(f"cannot hold out {holdout} of {len(rows)} rows")
-  perm = np.random.default_rng(seed).permutation(len(rows))
-  return rows[perm[holdout:]], rows[perm[:holdout]]
+    return list(docs), []
+  if holdout >= len(docs):
+    raise ValueError(f"data.holdout={holdout} needs more than {holdout} documents; the corpus has {len(docs)}")
+  perm = np.random.default_rng(seed).permutation(len(docs))
+  return [docs[int(i)] for i in perm[holdout:]], [docs[int(i)] for i in perm[:holdout]]
 
 
 def make_iterator(rows: np.ndarray, batch_per_host: int, seed: int) -> grain.DatasetIterator:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-POOLINGS = ("pos", "mean", "std", "win4_mean", "win4_std", "win16_mean", "win16_std", "rms",
+POOLINGS = ("pos", "mean", "std", "win4_mean", "win4_std", "win16_mean", "win16_std", "rms", "flat",
             "mean_std_concat", "flat32")
 
 
@@ -86,6 +86,14 @@ def channel_rms(h: Array, mask: Array | None = None) -> Array:
   return _safe_sqrt(jnp.sum(jnp.square(h) * m, axis=1, keepdims=True) / count)
 
 
+def whole_sequence(h: Array, mask: Array | None = None) -> Array:
+  """Every position's vector in one feature, (B, 1, L * C): one kernel over whole samples, so that a generated
+  sample is drawn toward real samples that are near at every position at once (per-position kernels each pick
+  their own nearest real samples, which need not agree)."""
+  b, length, c = h.shape
+  return per_position(h, mask).reshape(b, 1, length * c)
+
+
 # The earlier port's poolings, kept for ablations only.
 
 
@@ -112,6 +120,7 @@ _POOL_FNS: Mapping[str, Callable[..., Array]] = {
     "win16_mean": lambda h, m: window_mean(h, m, 16),
     "win16_std": lambda h, m: window_std(h, m, 16),
     "rms": channel_rms,
+    "flat": whole_sequence,
     "mean_std_concat": mean_std_concat,
 }
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from driftjax.models import generator as gen_lib
+
 Array = jax.Array
 METRICS = ("l2", "cosine")
 
@@ -101,6 +103,38 @@ def decode_tokens(
                            metric=metric, chunk=chunk, top_k=0 if greedy else top_k,
                            greedy=greedy)
   return ids.reshape(b, length), dist.reshape(b, length)
+
+
+@functools.partial(jax.jit, static_argnames=("top_k", "greedy"))
+def _decode_logits(logits, key, temperature, *, top_k, greedy):
+  if greedy:
+    return jnp.argmax(logits, -1)
+  scaled = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+    scaled = jnp.where(scaled >= kth, scaled, -jnp.inf)
+  return jax.random.categorical(key, scaled, axis=-1)
+
+
+def decode_outputs(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig, *, metric: str = "l2",
+                   temperature: float = 0.0, top_k: int = 0, key: Array | None = None) -> tuple[Array, Array]:
+  """Token ids (B, L) of a generator's outputs, and the L2 distance of each fed embedding to its token's.
+
+  head="embedding": decode_tokens (nearest token by `metric`). head="vocab": the argmax of the logits
+  (temperature 0) or a sample of softmax(logits / T), among the top_k when top_k > 0; the distance is then
+  the one between the expected embedding and the chosen token's (0 when the distribution is one-hot).
+  """
+  if gen_cfg.head == "embedding":
+    return decode_tokens(out, table, metric=metric, temperature=temperature, top_k=top_k, key=key)
+  if temperature < 0 or top_k < 0:
+    raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
+  if temperature > 0 and key is None:
+    raise ValueError("sampling (temperature > 0) needs a PRNG key")
+  ids = _decode_logits(out, key if key is not None else jax.random.key(0), jnp.float32(max(temperature, 1e-6)),
+                       top_k=min(top_k, out.shape[-1]), greedy=temperature == 0)
+  soft = jax.nn.softmax(out, axis=-1) @ table
+  dist = jnp.sqrt(jnp.sum(jnp.square(soft - jnp.take(table, ids, axis=0)), -1))
+  return ids, dist
 
 
 def truncate_at_eos(ids: np.ndarray, eos_id: int) -> list[list[int]]:

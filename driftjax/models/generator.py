@@ -2,7 +2,11 @@
 
 noise (B, L, noise_dim) -> linear + learned position signal -> blocks of [RMSNorm, adaLN-Zero modulation,
 attention with QK-norm and 1D RoPE] and [RMSNorm, adaLN-Zero, SwiGLU] -> final norm with adaLN shift/scale ->
-linear to the encoder's embedding width, whose bias starts at the mean token embedding.
+an output head. head="embedding" (the paper's setup, the seed's): a linear map to the encoder's embedding width,
+whose bias starts at the mean token embedding. head="vocab": logits over the vocabulary; the encoder is fed
+their expected token embedding (softmax(logits) @ table, vocab_mode="soft"), or the argmax token's embedding
+with the soft one's gradient (vocab_mode="straight_through"), so outputs lie among real token embeddings
+(ALGORITHM.md section 7: outputs off the token manifold were the earlier attempts' crux).
 Conditioning: a style vector, the sum of 32 embeddings drawn at random from a 64-entry codebook.
 Parameters are float32; `dtype` sets the compute dtype (bfloat16 on accelerators).
 """
@@ -33,6 +37,9 @@ class GeneratorConfig:
   pos_init_scale: float = 1.0  # Comparable to the unit-scale noise, so positions stay distinguishable.
   rope_base: float = 10000.0
   dtype: str = "float32"  # Compute dtype; parameters stay float32.
+  head: str = "embedding"  # "embedding" | "vocab" (see the module docstring).
+  vocab_size: int = 0  # Tokens the vocab head chooses among (the tokenizer's); needed by head="vocab".
+  vocab_mode: str = "soft"  # head="vocab": "soft" | "straight_through".
 
   @property
   def mlp_hidden(self) -> int:
@@ -55,6 +62,21 @@ def rope(x: Array, base: float) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
 
 
+HEADS = ("embedding", "vocab")
+VOCAB_MODES = ("soft", "straight_through")
+
+
+def to_embeddings(out: Array, table: Array, cfg: GeneratorConfig) -> Array:
+  """The generator's outputs as the embeddings the encoder reads (B, L, D); table: (vocab_size, D) token embeddings."""
+  if cfg.head == "embedding":
+    return out
+  soft = jax.nn.softmax(out, axis=-1) @ table
+  if cfg.vocab_mode == "soft":
+    return soft
+  hard = jnp.take(table, jnp.argmax(out, axis=-1), axis=0)
+  return soft + jax.lax.stop_gradient(hard - soft)  # Forward: real tokens; backward: the soft gradient.
+
+
 class ScaledRMSNorm(nnx.Module):
   """RMSNorm with a learned per-channel scale (used for QK-norm)."""
 
@@ -62,7 +84,7 @@ class ScaledRMSNorm(nnx.Module):
     self.scale = nnx.Param(jnp.ones((dim,)))
 
   def __call__(self, x: Array) -> Array:
-    return rms_norm(x) * self.scale.value.astype(x.dtype)
+    return rms_norm(x) * self.scale[...].astype(x.dtype)
 
 
 def _dense(d_in, d_out, rngs, dtype, zero=False, use_bias=True):
@@ -125,6 +147,11 @@ class Generator(nnx.Module):
   def __init__(self, cfg: GeneratorConfig, *, rngs: nnx.Rngs, mean_embedding: Array | None = None):
     if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
       raise ValueError(f"width {cfg.width} must split into {cfg.heads} heads of even size")
+    if cfg.head not in HEADS:
+      raise ValueError(f"model.head={cfg.head!r}; expected one of {HEADS}")
+    if cfg.head == "vocab" and (cfg.vocab_size <= 0 or cfg.vocab_mode not in VOCAB_MODES):
+      raise ValueError(f"head='vocab' needs vocab_size > 0 (got {cfg.vocab_size}) and vocab_mode in "
+                       f"{VOCAB_MODES} (got {cfg.vocab_mode!r})")
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.dtype = dtype
@@ -134,23 +161,27 @@ class Generator(nnx.Module):
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.blocks = nnx.List([DiTBlock(cfg, rngs, dtype) for _ in range(cfg.depth)])
     self.final_ada = _dense(cfg.width, 2 * cfg.width, rngs, dtype, zero=True)
+    if cfg.head == "vocab":  # Uniform-ish logits at init: the expected embedding starts near the mean one.
+      self.out = _dense(cfg.width, cfg.vocab_size, rngs, dtype)
+      return
     self.out = _dense(cfg.width, cfg.out_dim, rngs, dtype)
     if mean_embedding is not None:
       if mean_embedding.shape != (cfg.out_dim,):
         raise ValueError(f"mean_embedding must be ({cfg.out_dim},), got {mean_embedding.shape}")
-      self.out.bias.value = jnp.asarray(mean_embedding, jnp.float32)
+      self.out.bias[...] = jnp.asarray(mean_embedding, jnp.float32)
 
   def style(self, style_ids: Array) -> Array:
     """Style vector (B, W) from codebook indices (B, style_tokens): the normalized sum of their embeddings."""
     return jnp.sum(self.style_codebook(style_ids), axis=1) / np.sqrt(self.cfg.style_tokens)
 
   def __call__(self, noise: Array, style_ids: Array) -> Array:
-    """noise (B, L, noise_dim), style_ids (B, style_tokens) int -> embeddings (B, L, out_dim), float32."""
+    """noise (B, L, noise_dim), style_ids (B, style_tokens) int -> float32 outputs: embeddings (B, L, out_dim)
+    for head="embedding", logits (B, L, vocab_size) for head="vocab" (to_embeddings maps both to embeddings)."""
     cfg = self.cfg
     if noise.shape[1:] != (cfg.seq_len, cfg.noise_dim):
       raise ValueError(f"noise must be (B, {cfg.seq_len}, {cfg.noise_dim}), got {noise.shape}")
     style = self.style(style_ids)
-    x = self.noise_in(noise.astype(self.dtype)) + self.pos.value.astype(self.dtype)[None]
+    x = self.noise_in(noise.astype(self.dtype)) + self.pos[...].astype(self.dtype)[None]
     for block in self.blocks:
       x = block(x, style)
     shift, scale = jnp.split(self.final_ada(jax.nn.silu(style))[:, None, :], 2, axis=-1)

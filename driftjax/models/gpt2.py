@@ -70,7 +70,7 @@ class Conv1D(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((d_out,)))
 
   def __call__(self, x: Array) -> Array:
-    return x @ self.weight.value.astype(x.dtype) + self.bias.value.astype(x.dtype)
+    return x @ self.weight[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -85,7 +85,7 @@ class LayerNorm(nnx.Module):
     xf = x.astype(jnp.float32)
     mean = jnp.mean(xf, -1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), -1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.weight.value + self.bias.value
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
     return y.astype(x.dtype)
 
 
@@ -143,7 +143,7 @@ class GPT2(nnx.Module):
 
   def embed(self, input_ids: Array) -> Array:
     """Token embeddings (B, L, D) of ids (B, L): the 'raw' drift feature of real text."""
-    return jnp.take(self.wte.value, input_ids, axis=0)
+    return jnp.take(self.wte[...], input_ids, axis=0)
 
   def __call__(
       self,
@@ -172,7 +172,7 @@ class GPT2(nnx.Module):
     if bad:
       raise ValueError(f"hidden layers {bad} out of range [0, {self.cfg.n_layer}]")
 
-    x = (inputs_embeds + self.wpe.value[:length]).astype(self.dtype)
+    x = (inputs_embeds + self.wpe[...][:length]).astype(self.dtype)
     wanted = set(hidden_layers)
     hidden = {}
     if 0 in wanted:
@@ -186,7 +186,7 @@ class GPT2(nnx.Module):
         hidden[i + 1] = x
     out = {"hidden": hidden}
     if logits:
-      out["logits"] = (x @ self.wte.value.astype(x.dtype).T).astype(jnp.float32)
+      out["logits"] = (x @ self.wte[...].astype(x.dtype).T).astype(jnp.float32)
     return out
 
 
@@ -213,12 +213,12 @@ def _sample_ar(graphdef, state, key, temperature, *, batch, length, start):
 
   def body(carry, pos):
     token, caches = carry
-    x = (model.embed(token[:, None]) + model.wpe.value[pos][None, None]).astype(model.dtype)
+    x = (model.embed(token[:, None]) + model.wpe[...][pos][None, None]).astype(model.dtype)
     new_caches = []
     for block, (k_c, v_c) in zip(model.h, caches):
       x, k_c, v_c = _block_step(block, x, k_c, v_c, pos)
       new_caches.append((k_c, v_c))
-    logits = (model.ln_f(x)[:, 0] @ model.wte.value.astype(x.dtype).T).astype(jnp.float32)
+    logits = (model.ln_f(x)[:, 0] @ model.wte[...].astype(x.dtype).T).astype(jnp.float32)
     nxt = jax.random.categorical(jax.random.fold_in(key, pos), logits / temperature, axis=-1)
     return (nxt.astype(jnp.int32), new_caches), nxt.astype(jnp.int32)
 
@@ -286,10 +286,11 @@ def load_gpt2(name_or_path: str, dtype=jnp.float32) -> GPT2:
     if name not in tensors:
       raise ValueError(f"{weights_file} lacks tensor {name!r}")
     value = tensors.pop(name)
-    if value.shape != target.value.shape:
+    want = target.get_value().shape  # An abstract (eval_shape) variable until it is set here.
+    if value.shape != want:
       raise ValueError(f"{weights_file}: tensor {name!r} has shape {value.shape}, the config "
-                       f"({os.path.join(path, 'config.json')}) implies {target.value.shape}")
-    target.value = jnp.asarray(value, jnp.float32)
+                       f"({os.path.join(path, 'config.json')}) implies {want}")
+    target.set_value(jnp.asarray(value, jnp.float32))
 
   take("wte.weight", model.wte)
   take("wpe.weight", model.wpe)
@@ -307,11 +308,11 @@ def save_gpt2(model: GPT2, path: str) -> None:
   from safetensors.numpy import save_file
 
   cfg = model.cfg
-  tensors = {"wte.weight": model.wte.value, "wpe.weight": model.wpe.value,
-             "ln_f.weight": model.ln_f.weight.value, "ln_f.bias": model.ln_f.bias.value}
+  tensors = {"wte.weight": model.wte[...], "wpe.weight": model.wpe[...],
+             "ln_f.weight": model.ln_f.weight[...], "ln_f.bias": model.ln_f.bias[...]}
   for i, block in enumerate(model.h):
     for hf_name, (mod, param) in _BLOCK_NAMES.items():
-      tensors[f"h.{i}.{hf_name}"] = getattr(getattr(block, mod), param).value
+      tensors[f"h.{i}.{hf_name}"] = getattr(getattr(block, mod), param)[...]
   tensors = {f"transformer.{k}": np.asarray(v, np.float32) for k, v in tensors.items()}
   hf_config = {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,

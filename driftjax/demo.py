@@ -1,0 +1,141 @@
+"""--mode=demo: the whole pipeline offline, end to end, with a report (configs/demo.py; README's main job).
+
+pretrain the encoder (reused when DIR has it) -> samples of the generator at init -> train (resumes from DIR's
+checkpoints) -> samples of the EMA generator at the end -> evaluation against held-out data and the LM's own
+samples -> DIR/report.json (rows init, final, data, ar with the eval mode's keys; targets; timings),
+DIR/report.md (the table, samples, the curves) and DIR/curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+
+from driftjax import build
+from driftjax import evaluate
+from driftjax import files
+from driftjax import pretrain
+from driftjax import sample as sample_lib
+from driftjax import train
+
+ROWS = ("init", "final", "data", "ar")
+REPORT_KEYS = ("gen_ppl", "entropy", "grammatical_rate", "copy_rate", "distinct_1", "distinct_2", "distinct_3",
+               "self_bleu", "mean_tokens", "n_samples")
+
+
+def targets(rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
+  """The demo's targets (issue 6) for a synthetic corpus: each with its measured value and whether it holds."""
+  init, final, data = rows["init"], rows["final"], rows["data"]
+  out = {
+      "gen_ppl_init_over_final": (init["gen_ppl"] / final["gen_ppl"], ">= 10", lambda v: v >= 10),
+      "gen_ppl_final_over_data": (final["gen_ppl"] / data["gen_ppl"], "<= 2", lambda v: v <= 2),
+      "entropy_rel_gap_to_data": (abs(final["entropy"] - data["entropy"]) / data["entropy"], "<= 0.1",
+                                  lambda v: v <= 0.1),
+  }
+  if "grammatical_rate" in final:
+    out["grammatical_rate"] = (final["grammatical_rate"], ">= 0.8", lambda v: v >= 0.8)
+    out["copy_rate"] = (final["copy_rate"], "< 0.05", lambda v: v < 0.05)
+  return {k: {"value": float(v), "target": t, "met": bool(ok(v))} for k, (v, t, ok) in out.items()}
+
+
+def markdown(report: dict) -> str:
+  rows = report["rows"]
+  keys = [k for k in REPORT_KEYS if any(k in r for r in rows.values())]
+  lines = [f"# driftjax demo: {report['data_source']}", "",
+           f"Wall time {report['timings']['total_s'] / 60:.1f} min on {report['device']} "
+           f"({', '.join(f'{k} {v:.0f} s' for k, v in report['timings'].items() if k != 'total_s')}); "
+           f"{report['train_steps']} training steps. Evaluator: {report['evaluator']}.", "",
+           "| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+  for name in ROWS:
+    r = rows[name]
+    lines.append(f"| {name} | " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), (int, float)) else ""
+                                              for k in keys) + " |")
+  if report.get("targets"):
+    lines += ["", "| target | measured | wanted | met |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['value']:.3g} | {v['target']} | {'yes' if v['met'] else 'no'} |"
+              for k, v in report["targets"].items()]
+  for name in ("final", "data", "init"):
+    lines += ["", f"## Samples: {name}", ""]
+    lines += [f"{i + 1}. {json.dumps(t)}" for i, t in enumerate(report["samples"][name])]
+  lines += ["", "## Training curves", "", "![curves](curves.png)", ""]
+  return "\n".join(lines)
+
+
+def plot_curves(metrics_path: str, out_path: str) -> None:
+  """Loss (and quick-eval gen_ppl / grammatical_rate when logged) against step, from DIR/metrics.jsonl."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  with open(metrics_path) as f:
+    recs = [json.loads(line) for line in f if line.strip()]
+  panels = [k for k in ("loss", "eval/gen_ppl", "eval/grammatical_rate") if any(k in r for r in recs)]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+  for ax, key in zip(axes[0], panels):
+    pts = [(r["step"], r[key]) for r in recs if key in r]
+    ax.plot(*zip(*pts), "-o" if key != "loss" else "-", ms=3)
+    ax.set_xlabel("step")
+    ax.set_title(key)
+    if key == "eval/gen_ppl":
+      ax.set_yscale("log")
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  timings = {}
+  t0 = time.time()
+  if config.encoder.name == build.PRETRAINED:
+    pretrain.pretrain_encoder(config, workdir)
+  timings["pretrain_s"] = time.time() - t0
+
+  t = time.time()
+  trainer = train.setup(config, workdir)
+  evaluator, eval_tok, eval_name = build.load_evaluator(config, workdir, trainer.encoder, trainer.tokenizer)
+  s = config.sample
+  table = trainer.encoder.wte[...][: len(trainer.tokenizer)]
+  init_params = trainer.init_state()["ema"]  # The state training starts from (same seed).
+  ids, dists = sample_lib.generate(trainer.graphdef, init_params, trainer.cfg.gen, table, s.n_samples, s.batch,
+                                   jax.random.key(s.seed), metric=s.metric, temperature=s.temperature,
+                                   top_k=s.top_k)
+  init_rows = sample_lib.records(ids, dists, trainer.tokenizer)
+  init = evaluate.score([r["token_ids"] for r in init_rows], trainer.tokenizer, evaluator, eval_tok, config)
+  timings["init_eval_s"] = time.time() - t
+
+  t = time.time()
+  result = train.train(config, workdir, trainer)
+  timings["train_s"] = time.time() - t
+
+  t = time.time()
+  path = sample_lib.sample(config, workdir)
+  final = evaluate.evaluate(config, workdir, path)
+  timings["final_eval_s"] = time.time() - t
+  timings["total_s"] = time.time() - t0
+
+  rows = {"init": init, "final": {k: v for k, v in final.items() if k != "reference"}, **final["reference"]}
+  data_texts = [trainer.tokenizer.decode(r) for r in evaluate.data_reference(config, trainer.tokenizer, 5)]
+  report = {
+      "data_source": config.data.source,
+      "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}, {os.cpu_count()} host cores",
+      "evaluator": eval_name,
+      "train_steps": int(result["step"]),
+      "timings": timings,
+      "rows": rows,
+      "targets": targets(rows),
+      "samples": {"init": [r["text"] for r in init_rows[:3]],
+                  "final": [r["text"] for r in evaluate.read_samples(path)[:5]],
+                  "data": data_texts},
+      "corpus": result["stats"],
+  }
+  files.atomic_write(os.path.join(workdir, "report.json"), json.dumps(report, indent=2))
+  plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+  files.atomic_write(os.path.join(workdir, "report.md"), markdown(report))
+  logging.info("demo report: %s", os.path.join(workdir, "report.md"))
+  print(markdown(report).split("## Samples")[0])
+  return report

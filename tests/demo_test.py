@@ -1,0 +1,63 @@
+"""--mode=demo: the report's targets and table, and a tiny end-to-end run (pretrain, train, sample, evaluate)."""
+
+import json
+import os
+
+import pytest
+
+from configs import demo as demo_config
+from driftjax import demo
+
+
+def _row(**kw):
+  base = {"gen_ppl": 10.0, "entropy": 3.0, "grammatical_rate": 1.0, "copy_rate": 0.0}
+  return {**base, **kw}
+
+
+def test_targets_measure_each_goal():
+  rows = {"init": _row(gen_ppl=1000.0), "final": _row(gen_ppl=30.0, entropy=3.2, grammatical_rate=0.85,
+                                                      copy_rate=0.05),
+          "data": _row(gen_ppl=10.0), "ar": _row()}
+  t = demo.targets(rows)
+  assert t["gen_ppl_init_over_final"] == {"value": pytest.approx(1000 / 30), "target": ">= 10", "met": True}
+  assert t["gen_ppl_final_over_data"]["value"] == pytest.approx(3.0) and not t["gen_ppl_final_over_data"]["met"]
+  assert t["entropy_rel_gap_to_data"]["value"] == pytest.approx(0.2 / 3) and t["entropy_rel_gap_to_data"]["met"]
+  assert t["grammatical_rate"]["met"] and not t["copy_rate"]["met"]  # 0.05 is not under 0.05.
+  del rows["final"]["grammatical_rate"]  # Real stories: no grammar to check.
+  assert "grammatical_rate" not in demo.targets(rows)
+
+
+def tiny_config():
+  config = demo_config.get_config()
+  config.data.synthetic_docs, config.data.holdout = 300, 16
+  config.data.n_gen = config.data.n_pos = 8
+  p = config.pretrain
+  p.docs, p.bpe_vocab_size, p.n_layer, p.n_embd, p.n_head, p.seq_len, p.steps, p.batch = 300, 300, 1, 32, 2, 32, 5, 8
+  m = config.model
+  m.seq_len, m.width, m.depth, m.heads, m.noise_dim, m.style_tokens, m.style_codebook = 32, 32, 1, 2, 8, 2, 4
+  config.drift.layers = (1,)
+  config.optim.total_steps, config.optim.warmup_steps = 4, 1
+  config.train.checkpoint_every, config.train.eval_every, config.train.eval_samples, config.train.log_every = 2, 2, 8, 2
+  config.sample.n_samples = config.sample.batch = config.eval.ar_batch = config.eval.bleu_samples = 8
+  return config
+
+
+def test_demo_end_to_end_writes_the_report_and_reuses_its_work(tmp_path, capsys):
+  config, workdir = tiny_config(), str(tmp_path)
+  report = demo.run(config, workdir)
+  assert sorted(report["rows"]) == ["ar", "data", "final", "init"]
+  for row in report["rows"].values():
+    assert {"gen_ppl", "entropy", "grammatical_rate", "copy_rate", "distinct_2", "self_bleu"} <= set(row)
+    assert row["gen_ppl"] > 1
+  assert report["rows"]["data"]["grammatical_rate"] == 1.0 and report["rows"]["data"]["copy_rate"] == 0.0
+  assert report["train_steps"] == 4 and set(report["targets"]) >= {"grammatical_rate", "copy_rate"}
+  on_disk = json.load(open(tmp_path / "report.json"))
+  assert on_disk["rows"] == report["rows"]
+  md = open(tmp_path / "report.md").read()
+  assert all(f"| {r} |" in md for r in ("init", "final", "data", "ar")) and "![curves](curves.png)" in md
+  assert os.path.getsize(tmp_path / "curves.png") > 1000
+  # A second run reuses the encoder and the finished training; the report is written again.
+  encoder_time = os.path.getmtime(tmp_path / "encoder" / "model.safetensors")
+  again = demo.run(config, workdir)
+  assert os.path.getmtime(tmp_path / "encoder" / "model.safetensors") == encoder_time
+  assert again["train_steps"] == 4 and again["rows"]["final"] == report["rows"]["final"]
