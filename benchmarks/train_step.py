@@ -60,6 +60,9 @@ def measure(name: str, steps: int, default_batch: int) -> dict:
   from driftjax import train
   config = config_for(name, default_batch)
   with tempfile.TemporaryDirectory() as workdir:
+    if config.encoder.name == "pretrained":
+      from benchmarks import common
+      common.random_pretrained_encoder(config, workdir)
     trainer = train.setup(config, workdir)
     state = trainer.init_state()
     batch = trainer.next_batch()

@@ -6,6 +6,7 @@ save leaves the previous steps intact.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -25,6 +26,23 @@ def make_manager(workdir: str, keep: int = 1, async_save: bool = True,
                                            create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
                                item_names=("state", "data"))
+
+
+def check_model(workdir: str, signature: dict, write: bool) -> None:
+  """DIR/model.json records the settings that fix the train state's shapes. A run whose settings differ fails
+  here, naming them, before any checkpoint is read, moved or overwritten; `write` records them when absent."""
+  path = os.path.join(workdir, "model.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diffs = [f"{k}={saved.get(k)!r} there, {signature.get(k)!r} here" for k in sorted(set(saved) | set(signature))
+             if saved.get(k) != signature.get(k)]
+    if diffs:
+      raise ValueError(f"the checkpoints in {workdir} were written for a different model: " + "; ".join(diffs)
+                       + ". Use another --workdir, or the settings it was trained with.")
+  elif write and jax.process_index() == 0:
+    from driftjax import files
+    files.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, force: bool = False) -> bool:

@@ -9,3 +9,20 @@ def atomic_write(path: str, text: str) -> None:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def check_writable_dir(path: str) -> None:
+  """Creates `path` if needed and checks that a file can be written there; an error names the folder and why.
+
+  gs:// and other remote paths are left to the libraries that write them (orbax, TensorBoard).
+  """
+  if "://" in path:
+    return
+  probe = os.path.join(path, f".driftjax_write_probe.{os.getpid()}")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"--workdir {path} is not a writable folder ({type(e).__name__}: {e.strerror})") from None

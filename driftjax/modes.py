@@ -33,6 +33,9 @@ def maybe_initialize_distributed() -> None:
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+  if mode != "describe":  # Fail before any work if results could not be written.
+    from driftjax import files
+    files.check_writable_dir(workdir)
   if mode == "train":
     from driftjax import train
     train.train(config, workdir)

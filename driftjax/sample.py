@@ -33,6 +33,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, spec: train.
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoints in {directory}: train first (--mode=train) or pass another --workdir")
+  ckpt_lib.check_model(workdir, train.model_signature(spec.cfg), write=False)
   mngr = ckpt_lib.make_manager(workdir, read_only=True)
   steps = mngr.all_steps()
   if not steps:

@@ -126,6 +126,12 @@ def load_data(config, tokenizer, batch_per_host: int, stats: pipeline.CorpusStat
   return pipeline.make_iterator(train_rows, batch_per_host, config.seed)
 
 
+def model_signature(cfg: step_lib.StepConfig) -> dict:
+  """The settings that fix the shapes of the train state (the compute dtype does not)."""
+  gen = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.gen).items() if k != "dtype"}
+  return {**gen, "data.groups": cfg.groups, "data.queue_size": cfg.queue_size}
+
+
 @dataclasses.dataclass
 class StateSpec:
   """How the train state is built and laid out: shared by training, sampling and evaluation."""
@@ -277,6 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | No
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local paths and gs:// alike.
   trainer = trainer or setup(config, workdir)
   t = config.train
+  ckpt_lib.check_model(workdir, model_signature(trainer.cfg), write=True)
   mngr = ckpt_lib.make_manager(workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
   abstract = trainer.spec.abstract()
   state, start = ckpt_lib.restore_latest(mngr, abstract, trainer.data_iter)

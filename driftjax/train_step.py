@@ -90,19 +90,35 @@ def feature_dict(encoder, emb: Array | None, ids: Array | None, cfg: StepConfig,
 
 
 def drift_losses(gen_feats, pos_feats, pos_weights, cfg: StepConfig):
-  """Sum over feature keys of the drift loss; per-key losses, scales and raw drift norms for metrics."""
-  total, metrics = 0.0, {}
+  """Sum over feature keys of the drift loss; per-key losses, scales and raw drift norms for metrics.
+
+  Keys whose grouped features share a shape (e.g. one pooling of several layers) are stacked and computed by
+  one vmapped field call: the same per-key results (each key keeps its own scale), fewer and larger kernels.
+  """
+  by_shape: dict[tuple, list[str]] = {}
+  grouped = {}
   for name in gen_feats:
     x = feat_lib.to_groups(gen_feats[name], cfg.groups)
-    y = feat_lib.to_groups(pos_feats[name], cfg.groups)
+    grouped[name] = (x, feat_lib.to_groups(pos_feats[name], cfg.groups))
+    by_shape.setdefault(grouped[name][0].shape + grouped[name][1].shape, []).append(name)
+
+  def one(x, y):
     sub = x.shape[0] // cfg.groups
     w = jnp.repeat(pos_weights, sub, axis=0)  # (G, M) -> (G * P, M), as to_groups lays out groups.
     loss, aux = field_lib.drift_loss(x, y, pos_weights=w, config=cfg.field)
-    total = total + loss
-    metrics[f"loss/{name}"] = loss
-    metrics[f"scale/{name}"] = aux["scale"]
-    for t, norm in zip(cfg.field.temperatures, aux["raw_drift_norm"]):
-      metrics[f"raw_drift_norm/{name}/T{t:g}"] = norm
+    return loss, aux["scale"], aux["raw_drift_norm"]
+
+  total, metrics = 0.0, {}
+  for names in by_shape.values():
+    xs = jnp.stack([grouped[n][0] for n in names])
+    ys = jnp.stack([grouped[n][1] for n in names])
+    losses, scales, norms = jax.vmap(one)(xs, ys)
+    total = total + jnp.sum(losses)
+    for i, name in enumerate(names):
+      metrics[f"loss/{name}"] = losses[i]
+      metrics[f"scale/{name}"] = scales[i]
+      for j, t in enumerate(cfg.field.temperatures):
+        metrics[f"raw_drift_norm/{name}/T{t:g}"] = norms[i, j]
   return total, metrics
 
 
