@@ -38,11 +38,23 @@ def _damage(step_dir: str, how: str) -> int:
   return n
 
 
+_FULL = {}
+
+
+def _uninterrupted(tmp_path_factory):
+  """Parameters of the uninterrupted 6-step run (computed once for both damage kinds)."""
+  if "params" not in _FULL:
+    config = tiny_config(total_steps=6)
+    config.train.checkpoint_every = 2
+    _FULL["params"] = params_of(train.train(config, str(tmp_path_factory.mktemp("full")))["state"])
+  return _FULL["params"]
+
+
 @pytest.mark.parametrize("how", ["truncate", "corrupt"])
-def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, how, caplog):
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, tmp_path_factory, how, caplog):
   config = tiny_config(total_steps=6)
   config.train.checkpoint_every, config.train.keep_checkpoints = 2, 5
-  full = train.train(config, str(tmp_path / "full"))
+  full_params = _uninterrupted(tmp_path_factory)
   run = tmp_path / "run"
   config.train.stop_after_steps = 4
   train.train(config, str(run))
@@ -52,7 +64,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, how, cap
   resumed = train.train(config, str(run))
   assert "checkpoint step 4 in" in caplog.text and "could not be restored" in caplog.text
   assert resumed["history"][0]["step"] == 3  # It went on from step 2.
-  chex.assert_trees_all_close(params_of(resumed["state"]), params_of(full["state"]), atol=1e-6)
+  chex.assert_trees_all_close(params_of(resumed["state"]), full_params, atol=1e-6)
   assert sorted(os.listdir(run / "checkpoints")) == ["2", "4", "6"]  # The good step 2 is kept.
   aside = os.listdir(run / "checkpoints_unreadable")
   assert len(aside) == 1 and aside[0].startswith("4.")  # Moved, not deleted.
