@@ -19,7 +19,6 @@ from typing import Any
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx

@@ -73,8 +73,6 @@ def test_evaluator_rows_mask_up_to_first_eos():
 
 def test_real_text_scores_lower_than_shuffled(tmp_path):
   """A tiny LM trained briefly on stories finds real text likelier than the same tokens shuffled."""
-  import jax
-  import optax
   from driftjax import pretrain
   tok = tok_lib.load_tokenizer("gpt2")
   stories = ["Once upon a time, there was a little girl named Lily. She liked to play in the park.",
