@@ -67,7 +67,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
 
 def test_checkpoint_round_trip(tmp_path):
   from driftjax import checkpoint as ckpt
-  config = tiny_config(total_steps=4)
+  config = tiny_config()
   trainer = train.setup(config, str(tmp_path))
   state = trainer.init_state()
   state, _ = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
@@ -156,14 +156,17 @@ def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
   steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
   assert len(steps) == 1 and 2 <= steps[0] < 100000
   # A new run in the same directory resumes from it.
-  proc = _run_main(tmp_path, f"--config.optim.total_steps={steps[0] + 2}", "--config.optim.warmup_steps=1")
+  # The same settings (so the same compiled program), stopped two steps later.
+  proc = _run_main(tmp_path, "--config.optim.total_steps=100000", "--config.optim.warmup_steps=10",
+                   "--config.train.checkpoint_every=100000", "--config.train.stop_after_steps=2")
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert f"resumed from step {steps[0]}" in err
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())[-1] == steps[0] + 2
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  config = tiny_config(total_steps=8)
+  config = tiny_config()
   trainer = train.setup(config, str(tmp_path))
   real_step = trainer.step_fn
   calls = {"n": 0}
@@ -181,6 +184,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train.train(config, str(tmp_path), trainer=trainer)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
   # It restores: a fresh run resumes from it.
-  config.optim.total_steps = 4
+  config.train.stop_after_steps = 1
   resumed = train.train(config, str(tmp_path))
   assert resumed["history"][0]["step"] == 4

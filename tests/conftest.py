@@ -1,0 +1,26 @@
+"""One JAX compilation cache for the whole test session, shared with the subprocesses tests start.
+
+Many tests build the same tiny trainer (train_test.tiny_config) in this process or in a `python -m
+driftjax.main` subprocess; with the persistent cache each program is compiled once per session instead of once
+per test. The cache lives in a fresh temporary folder (removed at the end), so no run depends on an earlier one;
+a JAX_COMPILATION_CACHE_DIR set by the caller is used instead and kept. pytest-xdist workers inherit the folder
+from the controller (JAX reads an entry it cannot decode as a miss, with a warning, and compiles again).
+"""
+
+import os
+import shutil
+import tempfile
+
+_OWN_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _OWN_CACHE = tempfile.mkdtemp(prefix="driftjax-test-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+# Cache the tiny trainers' programs (each compiles in 0.5-5 s, under JAX's default 1 s floor) but not the many
+# single operations of eager code, whose files would cost more than they save.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
