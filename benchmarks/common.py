@@ -10,6 +10,17 @@ import numpy as np
 from flax import nnx
 
 
+def load_config(path: str):
+  """get_config() of a config file given by its path (as --config= takes it)."""
+  import importlib.util
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def timed(fn, *args, reps: int) -> float:
   """Median wall time of fn(*args) over `reps` calls, after one warm-up call (compilation)."""
   jax.block_until_ready(fn(*args))

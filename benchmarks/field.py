@@ -12,7 +12,6 @@ python benchmarks/field.py [--reps=5] [--config=configs/demo.py]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -39,8 +38,8 @@ def field_scaling(reps: int) -> None:
 
   grad = jax.jit(jax.value_and_grad(loss))
   print("| N | M | C | keys | time (ms) | scratch (MB) | ns / (keys N (N+M) C) |\n|---|---|---|---|---|---|---|")
-  grid = [(n, n, 256, 1) for n in (32, 64, 128, 256, 512)] + [(64, m, 256, 1) for m in (256, 1024)]
-  grid += [(64, 64, c, 1) for c in (1024, 4096, 16384)] + [(64, 64, 256, k) for k in (4, 16)]
+  grid = [(n, n, 256, 1) for n in (32, 64, 128, 256, 512, 1024, 2048)] + [(64, m, 256, 1) for m in (256, 1024)]
+  grid += [(64, 64, c, 1) for c in (1024, 4096, 16384)] + [(64, 64, 256, k) for k in (4, 16, 64)]
   for n, m, c, k in grid:
     xs = jax.random.normal(jax.random.key(0), (k, 1, n, c))
     ys = jax.random.normal(jax.random.key(1), (k, 1, m, c))
@@ -52,10 +51,7 @@ def field_scaling(reps: int) -> None:
 
 
 def step_parts(config_path: str, reps: int) -> None:
-  spec = importlib.util.spec_from_file_location("cfg", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = common.load_config(config_path)
   workdir = tempfile.mkdtemp()
   if config.encoder.name == "pretrained":
     common.random_pretrained_encoder(config, workdir)

@@ -9,32 +9,20 @@ Both use random weights (speed does not depend on them). Prints samples/s and to
 """
 
 import argparse
-import importlib.util
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from driftjax import build  # noqa: E402
 from driftjax.models import decode  # noqa: E402
 from driftjax.models import generator as gen_lib  # noqa: E402
 from driftjax.models import gpt2  # noqa: E402
-
-
-def timed(fn, reps):
-  jax.block_until_ready(fn())  # Compile and warm up.
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
 
 
 def main():
@@ -43,10 +31,7 @@ def main():
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--batches", default="1,64")
   args = parser.parse_args()
-  spec = importlib.util.spec_from_file_location("cfg", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = common.load_config(args.config)
   lm_cfg = gpt2.GPT2Config(n_layer=config.model.depth, n_embd=config.model.width, n_head=config.model.heads)
   lm = gpt2.GPT2(lm_cfg, rngs=nnx.Rngs(0))
   gen_cfg = build.generator_config(config, lm_cfg.n_embd, lm_cfg.vocab_size)
@@ -69,8 +54,8 @@ def main():
     def autoregressive():
       return gpt2.sample_ar(lm, jax.random.key(3), batch, length)
 
-    t_one = timed(one_step, args.reps)
-    t_ar = timed(autoregressive, args.reps)
+    t_one = common.timed(one_step, reps=args.reps)
+    t_ar = common.timed(autoregressive, reps=args.reps)
     for name, t in (("one-step", t_one), ("autoregressive", t_ar)):
       print(f"batch {batch:3d} {name:>15}: {t:8.3f} s  {batch / t:9.2f} samples/s  {batch * length / t:10.1f} "
             "tokens/s")

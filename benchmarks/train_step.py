@@ -1,12 +1,14 @@
 """Train-step speed, FLOP/s, MFU and peak memory for the smoke, demo and default configs, in one run.
 
-    .venv/bin/python benchmarks/train_step.py [--configs=smoke,default] [--steps=5] [--default_batch=8]
+    .venv/bin/python benchmarks/train_step.py [--configs=smoke,default] [--steps=5] [--default_batch=8] [--runs=3]
 
 Each config runs in its own subprocess (so that its peak resident memory is its own), with a random GPT-2 of
 the config's architecture as the encoder (no weights needed; the compute is the same). The default config runs
 at a reduced batch (groups=1, n_gen=n_pos=--default_batch) so that it fits this CPU. Achieved FLOP/s come from
 XLA's cost analysis of the compiled step; the peak is a large float32 (and bfloat16) matmul measured in the same
-run. Prints a table, then the default config's MFU last.
+run. Each config is measured in --runs separate processes (the peaks --runs times too); the table holds the
+median over runs of each figure (a run's step time is itself the median of --steps steps) and the range of the
+step times. Prints the table, then the default config's MFU last.
 """
 
 import argparse
@@ -39,8 +41,8 @@ def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
 
 
 def config_for(name: str, default_batch: int):
-  import importlib
-  config = importlib.import_module(f"configs.{name}").get_config()
+  from benchmarks import common
+  config = common.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
   if name == "default":
     import ml_collections
     config.encoder.random = ml_collections.ConfigDict(dict(enabled=True, n_layer=12, n_embd=768, n_head=12,
@@ -95,30 +97,40 @@ def main():
   parser.add_argument("--configs", default="smoke,demo,default")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--default_batch", type=int, default=8)
+  parser.add_argument("--runs", type=int, default=3, help="processes per config; figures are their medians")
   parser.add_argument("--child", default="")
   args = parser.parse_args()
   if args.child:
     print("RESULT" + json.dumps(measure(args.child, args.steps, args.default_batch)))
     return
   import jax
-  peak32 = matmul_peak("float32")
-  peak16 = matmul_peak("bfloat16")
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; matmul peak float32 {peak32 / 1e9:.1f} "
-        f"GFLOP/s, bfloat16 {peak16 / 1e9:.1f} GFLOP/s")
+  import numpy as np
+  peaks32 = [matmul_peak("float32") for _ in range(args.runs)]
+  peaks16 = [matmul_peak("bfloat16") for _ in range(args.runs)]
+  peak32, peak16 = float(np.median(peaks32)), float(np.median(peaks16))
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; matmul peak (median of {args.runs}) "
+        f"float32 {peak32 / 1e9:.1f} GFLOP/s (range {min(peaks32) / 1e9:.1f}-{max(peaks32) / 1e9:.1f}), "
+        f"bfloat16 {peak16 / 1e9:.1f} GFLOP/s (range {min(peaks16) / 1e9:.1f}-{max(peaks16) / 1e9:.1f})")
   rows = []
   for name in args.configs.split(","):
     if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
       print(f"skip {name}: no configs/{name}.py")
       continue
-    proc = subprocess.run([sys.executable, __file__, f"--child={name}", f"--steps={args.steps}",
-                           f"--default_batch={args.default_batch}"], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode:
-      print(f"{name} failed:\n{proc.stderr[-2000:]}")
+    runs = []
+    for _ in range(args.runs):
+      proc = subprocess.run([sys.executable, __file__, f"--child={name}", f"--steps={args.steps}",
+                             f"--default_batch={args.default_batch}"], capture_output=True, text=True, cwd=ROOT)
+      if proc.returncode:
+        print(f"{name} failed:\n{proc.stderr[-2000:]}")
+        break
+      runs.append(json.loads(proc.stdout.split("RESULT")[-1]))
+    if len(runs) < args.runs:
       continue
-    row = json.loads(proc.stdout.split("RESULT")[-1])
+    row = {k: (float(np.median([r[k] for r in runs])) if isinstance(v, float) else v) for k, v in runs[0].items()}
     row["mfu_f32"] = row["flops_per_s"] / peak32
+    row["step_s_range"] = f"{min(r['step_s'] for r in runs):.4g}-{max(r['step_s'] for r in runs):.4g}"
     rows.append(row)
-  header = ("config", "batch", "seq_len", "step_s", "steps_per_s", "gen_tokens_per_s", "flops_per_s", "mfu_f32",
+  header = ("config", "batch", "seq_len", "step_s", "step_s_range", "steps_per_s", "gen_tokens_per_s", "flops_per_s", "mfu_f32",
             "compile_s", "peak_rss_gib")
   print(" | ".join(header))
   for r in rows:

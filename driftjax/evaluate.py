@@ -73,9 +73,7 @@ def data_reference(config: ml_collections.ConfigDict, tokenizer, n: int) -> list
 
 @functools.lru_cache(maxsize=2)
 def _training_documents(source: str, synthetic_docs: int, holdout: int, seed: int) -> frozenset:
-  cfg = ml_collections.ConfigDict({"seed": seed, "data": {"source": source, "synthetic_docs": synthetic_docs,
-                                                           "holdout": holdout}})
-  return frozenset(d.strip() for d in train.corpus_documents(cfg)[0])
+  return frozenset(d.strip() for d in train.split_corpus(source, synthetic_docs, holdout, seed)[0])
 
 
 def training_documents(config) -> frozenset:

@@ -100,8 +100,13 @@ def corpus_documents(config) -> tuple[list[str], list[str]]:
   """(training, held-out) documents of a files: or synthetic source, split the same way for every mode:
   training and encoder pretraining read the first, the data reference and nothing else the second."""
   d = config.data
-  docs = pipeline.load_documents(d.source, seed=config.seed, synthetic_docs=d.get("synthetic_docs", 0))
-  return pipeline.split_holdout(docs, d.holdout, config.seed)
+  return split_corpus(d.source, d.get("synthetic_docs", 0), d.holdout, config.seed)
+
+
+def split_corpus(source: str, synthetic_docs: int, holdout: int, seed: int) -> tuple[list[str], list[str]]:
+  """corpus_documents from the settings it reads."""
+  docs = pipeline.load_documents(source, seed=seed, synthetic_docs=synthetic_docs)
+  return pipeline.split_holdout(docs, holdout, seed)
 
 
 def corpus_rows(config, tokenizer, stats: pipeline.CorpusStats) -> tuple[np.ndarray, np.ndarray]:
