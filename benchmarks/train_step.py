@@ -130,8 +130,8 @@ def main():
     row["mfu_f32"] = row["flops_per_s"] / peak32
     row["step_s_range"] = f"{min(r['step_s'] for r in runs):.4g}-{max(r['step_s'] for r in runs):.4g}"
     rows.append(row)
-  header = ("config", "batch", "seq_len", "step_s", "step_s_range", "steps_per_s", "gen_tokens_per_s", "flops_per_s", "mfu_f32",
-            "compile_s", "peak_rss_gib")
+  header = ("config", "batch", "seq_len", "step_s", "step_s_range", "steps_per_s", "gen_tokens_per_s",
+            "flops_per_s", "mfu_f32", "compile_s", "peak_rss_gib")
   print(" | ".join(header))
   for r in rows:
     print(" | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in header))

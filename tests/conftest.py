@@ -15,8 +15,8 @@ _OWN_CACHE = None
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
   _OWN_CACHE = tempfile.mkdtemp(prefix="driftjax-test-jax-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
-# Cache the tiny trainers' programs (each compiles in 0.5-5 s, under JAX's default 1 s floor) but not the many
-# single operations of eager code, whose files would cost more than they save.
+# Cache the tiny trainers' programs (some compile in under JAX's default 1 s floor) but not the many single
+# operations of eager code, whose files cost more than they save (with a 0 s floor the suite was no faster).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
