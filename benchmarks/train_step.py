@@ -23,6 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import common  # noqa: E402
+
 
 def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
   import jax
@@ -41,7 +43,6 @@ def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
 
 
 def config_for(name: str, default_batch: int):
-  from benchmarks import common
   config = common.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
   if name == "default":
     import ml_collections
@@ -63,7 +64,6 @@ def measure(name: str, steps: int, default_batch: int) -> dict:
   config = config_for(name, default_batch)
   with tempfile.TemporaryDirectory() as workdir:
     if config.encoder.name == "pretrained":
-      from benchmarks import common
       common.random_pretrained_encoder(config, workdir)
     trainer = train.setup(config, workdir)
     state = trainer.init_state()

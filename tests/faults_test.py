@@ -16,7 +16,7 @@ import pytest
 
 from driftjax import build
 from driftjax import train
-from train_test import params_of, tiny_config
+from train_test import params_of, saved_steps, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,11 +79,6 @@ def _main(workdir, *extra):
   return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _saved_steps(workdir) -> list[int]:
-  path = os.path.join(workdir, "checkpoints")
-  return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
-
-
 def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_result(tmp_path):
   """Saves happen every step (async), so kills land before, during and between saves."""
   workdir = str(tmp_path / "killed")
@@ -108,7 +103,7 @@ def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_result(tmp_path)
   proc = _main(workdir)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
-  assert _saved_steps(workdir)[-1] == 10
+  assert saved_steps(workdir)[-1] == 10
   # The uninterrupted run, in this process with the same settings.
   from configs import smoke
   from driftjax import sample

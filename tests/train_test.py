@@ -143,9 +143,16 @@ def test_smoke_config_end_to_end(tmp_path):
   assert os.path.exists(tmp_path / "random_gpt2" / "model.safetensors")
 
 
+def saved_steps(workdir) -> list[int]:
+  """The steps of DIR/checkpoints, ascending (entries that are not a step number are not counted)."""
+  path = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
+
+
 def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
-  proc = _run_main(tmp_path, "--config.optim.total_steps=100000", "--config.optim.warmup_steps=10",
-                   "--config.train.checkpoint_every=100000", "--config.train.log_every=1")
+  long_run = ("--config.optim.total_steps=100000", "--config.optim.warmup_steps=10",
+              "--config.train.checkpoint_every=100000")
+  proc = _run_main(tmp_path, *long_run, "--config.train.log_every=1")
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 240
   while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -153,16 +160,15 @@ def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-3000:]
-  steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  steps = saved_steps(tmp_path)
   assert len(steps) == 1 and 2 <= steps[0] < 100000
-  # A new run in the same directory resumes from it.
-  # The same settings (so the same compiled program), stopped two steps later.
-  proc = _run_main(tmp_path, "--config.optim.total_steps=100000", "--config.optim.warmup_steps=10",
-                   "--config.train.checkpoint_every=100000", "--config.train.stop_after_steps=2")
+  # A new run in the same directory resumes from it: the same settings (so the same compiled program), stopped
+  # two steps later.
+  proc = _run_main(tmp_path, *long_run, "--config.train.stop_after_steps=2")
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert f"resumed from step {steps[0]}" in err
-  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())[-1] == steps[0] + 2
+  assert saved_steps(tmp_path)[-1] == steps[0] + 2
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
