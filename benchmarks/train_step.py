@@ -48,7 +48,7 @@ def config_for(name: str, default_batch: int):
     import ml_collections
     config.encoder.random = ml_collections.ConfigDict(dict(enabled=True, n_layer=12, n_embd=768, n_head=12,
                                                            n_positions=1024, seed=0))
-    config.data.source = "files:" + os.path.join(ROOT, "..", "shared", "data", "tinystories", "dev.txt")
+    config.data.source = "tinystories_sample"
     config.data.groups = 1
     config.data.n_gen = default_batch
     config.data.n_pos = default_batch

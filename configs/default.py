@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.noise_dim = 768  # Per-position Gaussian noise width.
   config.model.style_tokens = 32  # Style vector = sum of 32 embeddings drawn from a 64-entry codebook.
   config.model.style_codebook = 64
-  config.model.pos_init_scale = 1.0  # Position signal at the noise's scale (0.02 was drowned; ALGORITHM.md 7).
+  config.model.pos_init_scale = 1.0  # Position signal at the noise's scale (0.02 was drowned; docs/method.md section 5).
   config.model.dtype = "float32"  # Compute dtype; "bfloat16" on TPU/GPU. Parameters stay float32.
   config.model.head = "embedding"  # The paper's: embeddings. "vocab": logits whose expected embedding feeds the
   config.model.vocab_mode = "soft"  # encoder ("soft"), or the argmax token's with that gradient ("straight_through").
@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.encoder.tokenizer = "gpt2"  # GPT-2's vocabulary ships with driftjax: works offline.
   config.encoder.dtype = "float32"
 
-  # Drift features and field (ALGORITHM.md sections 2-3).
+  # Drift features and field (docs/method.md sections 2-3).
   config.drift = ml_collections.ConfigDict()
   config.drift.layers = (3, 6, 9, 12)  # Hidden states (HF indexing: 12 = after the final norm).
   config.drift.raw = True  # Also the embeddings themselves ("raw"): pulls outputs onto real tokens.

@@ -4,8 +4,8 @@ python -m driftjax.main --config=configs/demo.py --workdir=runs/demo
 --mode=demo runs: pretrain a tiny GPT-2 LM with a byte-level BPE on the built-in story grammar (the frozen
 encoder and the evaluator; reused if DIR has it), train a small drifting generator, sample it, evaluate the
 generator at init and at the end against held-out stories and the LM's own samples, and write
-DIR/report.json, DIR/report.md and DIR/curves.png. Real stories instead:
---config.data.source=files:../shared/data/tinystories/dev.txt
+DIR/report.json, DIR/report.md and DIR/curves.png. Real stories instead (the 1,200-story sample shipped in
+driftjax/assets/tinystories): --config.data.source=tinystories_sample
 """
 
 from configs import default
@@ -43,7 +43,7 @@ def get_config():
   config.model.noise_dim = 64
   config.model.style_tokens = 8
   config.model.style_codebook = 16
-  config.model.head = "vocab"  # Outputs among the token embeddings (see ALGORITHM.md 7 and docs/demo.md).
+  config.model.head = "vocab"  # Outputs among the token embeddings (docs/method.md section 5, docs/demo.md).
   config.model.vocab_mode = "straight_through"
 
   config.drift.layers = (1, 2)

@@ -2,14 +2,10 @@
 
 python -m driftjax.main --config=configs/smoke.py --workdir=runs/smoke
 It writes a random GPT-2 encoder in the Hugging Face layout to DIR/random_gpt2 (once) and trains a tiny
-generator for 20 steps on the TinyStories sample beside the checkout (../shared/data/tinystories/dev.txt).
+generator for 20 steps on the TinyStories sample that ships with driftjax (data.source="tinystories_sample").
 """
 
-import os
-
 from configs import default
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config():
@@ -32,7 +28,7 @@ def get_config():
   config.encoder.random.seed = 0
 
   config.drift.layers = (1, 2)
-  config.data.source = "files:" + os.path.join(REPO, "..", "shared", "data", "tinystories", "dev.txt")
+  config.data.source = "tinystories_sample"  # 1,200 real stories shipped in driftjax/assets/tinystories.
   config.data.n_gen = 16
   config.data.n_pos = 16
   config.data.queue_size = 16

@@ -54,13 +54,18 @@ def write_random_encoder(config: ml_collections.ConfigDict, path: str, vocab_siz
   gpt2.save_gpt2(gpt2.GPT2(cfg, rngs=nnx.Rngs(r.seed)), path)
 
 
-def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str):
+def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str, write: bool = True):
+  """The frozen encoder and the tokenizer. `write`: a random encoder (encoder.random) is written to DIR when
+  absent (training); without it (sampling, evaluation, the API: reading a finished run) it must be there."""
   path = encoder_path(config, workdir)
-  if config.encoder.name == PRETRAINED and not os.path.exists(os.path.join(path, "model.safetensors")):
-    raise FileNotFoundError(f"encoder.name='pretrained' but {path} holds no model.safetensors: run "
-                            "--mode=pretrain_encoder (or --mode=demo) with this --workdir first")
+  random = bool(config.encoder.get("random") and config.encoder.random.enabled)
+  if (config.encoder.name == PRETRAINED or (random and not write)) and not os.path.exists(
+      os.path.join(path, "model.safetensors")):
+    how = ("run --mode=pretrain_encoder (or --mode=demo) with this --workdir first" if not random else
+           "train in this --workdir first (training writes the random encoder)")
+    raise FileNotFoundError(f"the encoder of {workdir} is missing: {path} holds no model.safetensors; {how}")
   tokenizer = tok_lib.load_tokenizer(tokenizer_path(config, workdir))
-  if config.encoder.get("random") and config.encoder.random.enabled and jax.process_index() == 0:
+  if random and write and jax.process_index() == 0:
     write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
   encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype))
   if encoder.cfg.vocab_size < len(tokenizer):

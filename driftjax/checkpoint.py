@@ -28,6 +28,14 @@ def make_manager(workdir: str, keep: int = 1, async_save: bool = True,
                                item_names=("state", "data"))
 
 
+def require_checkpoints(workdir: str) -> str:
+  """DIR/checkpoints, or an error saying that the run has none (before anything is loaded or written)."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+    raise FileNotFoundError(f"no checkpoints in {directory}: train first (--mode=train) or pass another --workdir")
+  return directory
+
+
 def check_model(workdir: str, signature: dict, write: bool) -> None:
   """DIR/model.json records the settings that fix the train state's shapes. A run whose settings differ fails
   here, naming them, before any checkpoint is read, moved or overwritten; `write` records them when absent."""

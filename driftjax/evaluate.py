@@ -130,7 +130,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str 
   rows = read_samples(path)
   match = re.findall(r"step_(\d+)\.jsonl$", path)
   step = int(match[0]) if match else -1
-  encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir)
+  encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir, write=False)
   evaluator, eval_tok, eval_name = build.load_evaluator(config, workdir, encoder, tokenizer)
   sweep = None
   if e.sweep_temperatures:  # First: it needs the samples' checkpoint, so a missing one fails before the rest.

@@ -6,6 +6,9 @@ from absl import logging
 import jax
 import ml_collections
 
+from driftjax import files
+from driftjax import run_config
+
 MODES = ("train", "sample", "eval", "describe", "pretrain_encoder", "toy2d", "demo")
 
 
@@ -30,11 +33,12 @@ def maybe_initialize_distributed() -> None:
     logging.info("single host: jax.distributed not initialized")
 
 
-def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str) -> None:
+  """Runs `mode`; config None (no --config): sample and eval read the run's DIR/config.json."""
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+  config = run_config.resolve(config, workdir, mode)  # Before anything is written.
   if mode != "describe":  # Fail before any work if results could not be written.
-    from driftjax import files
     files.check_writable_dir(workdir)
   if mode == "train":
     from driftjax import train

@@ -29,9 +29,7 @@ from driftjax.models import generator as gen_lib
 def restore_params(config: ml_collections.ConfigDict, workdir: str, spec: train.StateSpec,
                    step: int | None = None, use_ema: bool = True):
   """(params, step) of a checkpoint in DIR/checkpoints: the latest, or `step`. Errors say what is missing."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoints in {directory}: train first (--mode=train) or pass another --workdir")
+  directory = ckpt_lib.require_checkpoints(workdir)
   ckpt_lib.check_model(workdir, train.model_signature(spec.cfg), write=False)
   mngr = ckpt_lib.make_manager(workdir, read_only=True)
   steps = mngr.all_steps()
@@ -58,17 +56,24 @@ def _forward(graphdef):
 
 def generate(graphdef, params, gen_cfg: gen_lib.GeneratorConfig, table: jax.Array, n: int, batch: int,
              key: jax.Array, *, metric: str = "l2", temperature: float = 0.0, top_k: int = 0):
-  """(token ids (n, L), nearest-token distances (n, L)): one generator forward pass per batch."""
+  """(token ids (n, L), nearest-token distances (n, L)): one generator forward pass per batch.
+
+  Every pass has min(batch, n) rows (a last, partial batch is drawn whole and cut), so repeated calls with the
+  same n and batch reuse one compiled program.
+  """
+  if n <= 0 or batch <= 0:
+    raise ValueError(f"need n > 0 samples and batch > 0, got n={n}, batch={batch}")
   forward = _forward(graphdef)
+  batch = min(batch, n)
   ids, dists = [], []
   for i in range(0, n, batch):
     k_in, k_dec = jax.random.split(jax.random.fold_in(key, i))
-    noise, style = gen_lib.sample_inputs(k_in, min(batch, n - i), gen_cfg)
+    noise, style = gen_lib.sample_inputs(k_in, batch, gen_cfg)
     tok, dist = decode.decode_outputs(forward(params, noise, style), table, gen_cfg, metric=metric,
                                       temperature=temperature, top_k=top_k, key=k_dec)
     ids.append(np.asarray(tok))
     dists.append(np.asarray(dist))
-  return np.concatenate(ids), np.concatenate(dists)
+  return np.concatenate(ids)[:n], np.concatenate(dists)[:n]
 
 
 def records(ids: np.ndarray, dists: np.ndarray, tokenizer) -> list[dict[str, Any]]:
@@ -83,7 +88,8 @@ def records(ids: np.ndarray, dists: np.ndarray, tokenizer) -> list[dict[str, Any
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes DIR/samples/step_<step>.jsonl and returns its path."""
   s = config.sample
-  encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir)
+  ckpt_lib.require_checkpoints(workdir)
+  encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir, write=False)
   spec = train.state_spec(config, encoder, tokenizer)
   params, step = restore_params(config, workdir, spec, s.step)
   table = encoder.wte[...][: len(tokenizer)]

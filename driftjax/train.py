@@ -25,6 +25,7 @@ from flax import nnx
 
 from driftjax import build
 from driftjax import checkpoint as ckpt_lib
+from driftjax import run_config
 from driftjax import sharding as shard_lib
 from driftjax import train_step as step_lib
 from driftjax.data import pipeline
@@ -288,6 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | No
   trainer = trainer or setup(config, workdir)
   t = config.train
   ckpt_lib.check_model(workdir, model_signature(trainer.cfg), write=True)
+  run_config.save(workdir, config)  # After the model check: a refused run leaves DIR's config as it was.
   mngr = ckpt_lib.make_manager(workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
   abstract = trainer.spec.abstract()
   state, start = ckpt_lib.restore_latest(mngr, abstract, trainer.data_iter)

@@ -1,4 +1,4 @@
-"""The train state and the pure, jit-able training step (ALGORITHM.md sections 3-4).
+"""The train state and the pure, jit-able training step (docs/method.md sections 3-4).
 
 noise -> generator -> embeddings E; frozen GPT-2 features of E (inputs_embeds) and of real ids (input_ids)
 at the configured layers, plus the raw embeddings; poolings; the drift loss summed over feature keys; AdamW

@@ -1,4 +1,4 @@
-"""Poolings of hidden states (ALGORITHM.md section 3) on hand-computed examples."""
+"""Poolings of hidden states (docs/method.md section 3) on hand-computed examples."""
 
 import chex
 import jax

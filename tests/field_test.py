@@ -1,4 +1,4 @@
-"""Properties of the drifting field and loss (ALGORITHM.md section 2), jitted and not."""
+"""Properties of the drifting field and loss (docs/method.md section 2), jitted and not."""
 
 import chex
 import jax
@@ -21,7 +21,7 @@ def _field(x, pos, neg=None, jit=False, **kw):
 
 
 def reference_field(x, pos, neg, temps, include_gen=True):
-  """Plain numpy restatement of ALGORITHM.md section 2 for one group, self columns dropped outright."""
+  """Plain numpy restatement of docs/method.md section 2 for one group, self columns dropped outright."""
   x, pos = np.asarray(x, np.float64), np.asarray(pos, np.float64)
   n, c = x.shape
   negs = ([x] if include_gen else []) + ([np.asarray(neg, np.float64)] if neg is not None else [])

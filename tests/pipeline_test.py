@@ -10,7 +10,6 @@ import pytest
 from driftjax.data import pipeline
 from driftjax.data import tokenizer as tok_lib
 
-DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinystories", "dev.txt")
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +140,13 @@ def test_holdout_is_disjoint():
     pipeline.split_holdout(docs, 25, seed=0)
 
 
-@pytest.mark.skipif(not os.path.exists(DEV), reason="../shared is not beside this checkout")
 def test_tinystories_sample_loads(tok):
-  docs = pipeline.load_documents(f"files:{DEV}")
-  assert len(docs) == 1200
+  docs = pipeline.load_documents("tinystories_sample")
+  assert len(docs) == 1200 and docs == pipeline.load_documents(f"files:{pipeline.TINYSTORIES_SAMPLE}")
+  assert docs[0].startswith("One day, a little girl named Lily")
+  folder = os.path.dirname(pipeline.TINYSTORIES_SAMPLE)  # The license and attribution travel with the data.
+  assert "CDLA-Sharing-1.0" in open(os.path.join(folder, "SOURCE.md")).read()
+  assert "Community Data License Agreement" in open(os.path.join(folder, "LICENSE")).read()
   stats = pipeline.CorpusStats()
   rows = pipeline.tokenize_documents(docs, tok, 256, False, stats)
   assert rows.shape == (1200, 256) and stats.empty_skipped == 0 and stats.truncated > 0

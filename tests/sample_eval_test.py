@@ -3,10 +3,17 @@
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 
+import jax
 import pytest
 
+import driftjax
 from driftjax import evaluate
+from driftjax import modes
+from driftjax import run_config
 from driftjax import sample
 from driftjax import train
 from tests.train_test import tiny_config
@@ -80,3 +87,97 @@ def test_eval_errors(tmp_path):
   empty.write_text("")
   with pytest.raises(ValueError, match="is empty"):
     evaluate.read_samples(str(empty))
+
+
+def _tree(path) -> dict[str, float]:
+  """Every file under path with its modification time: 'nothing written' compares two of these."""
+  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs}
+
+
+def test_run_folder_describes_itself(trained):
+  config, workdir = trained
+  saved = run_config.load(workdir)
+  assert saved.to_dict() == config.to_dict()  # Tuples come back as tuples, every key as trained.
+  with pytest.raises(AttributeError):
+    saved.model.widht = 3  # Locked like a --config file: a misspelt key is an error.
+  # sample and eval with only the workdir: the run's own config.
+  path = os.path.join(workdir, "samples", "step_6.jsonl")
+  before = os.path.getmtime(path) if os.path.exists(path) else None
+  modes.run("sample", None, workdir)
+  assert os.path.getmtime(path) != before
+  with open(path) as f:
+    assert len(f.readlines()) == config.sample.n_samples
+
+
+def test_api_samples_like_the_sample_mode_and_compiles_once(trained):
+  config, workdir = trained
+  gen = driftjax.load(workdir)
+  assert gen.step == 6
+  texts = gen.sample(config.sample.n_samples, seed=config.sample.seed)
+  assert isinstance(texts, list) and all(isinstance(t, str) for t in texts)
+  with open(sample.sample(config, workdir)) as f:  # The same generator, noise and decoding as --mode=sample.
+    assert texts == [json.loads(line)["text"] for line in f]
+  compiles = []
+  listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    again = gen.sample(config.sample.n_samples, seed=config.sample.seed)
+    other = gen.sample(config.sample.n_samples, seed=config.sample.seed + 1)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == [], f"{len(compiles)} compilations on repeated calls"
+  assert again == texts and other != texts
+  hot = gen.sample(3, seed=0, temperature=1.0)
+  assert len(hot) == 3 and hot != gen.sample(3, seed=0)
+
+
+def test_not_a_run_is_a_clear_error(tmp_path):
+  (tmp_path / "notes.txt").write_text("not a run")
+  before = _tree(tmp_path)
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a driftjax run folder: it has no config.json"):
+    driftjax.load(str(tmp_path))
+  for mode in ("sample", "eval"):
+    with pytest.raises(FileNotFoundError, match="is not a driftjax run folder"):
+      modes.run(mode, None, str(tmp_path))
+  with pytest.raises(ValueError, match="--mode=train needs --config"):
+    modes.run("train", None, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="run folder .*nope does not exist"):
+    driftjax.load(str(tmp_path / "nope"))
+  assert _tree(tmp_path) == before
+
+
+def test_run_without_checkpoints_is_a_clear_error(trained, tmp_path):
+  config, _ = trained
+  run_config.save(str(tmp_path), config)  # A run that wrote its config and died before its first checkpoint.
+  before = _tree(tmp_path)
+  with pytest.raises(FileNotFoundError, match="no checkpoints in .*checkpoints: train first"):
+    driftjax.load(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="no checkpoints in .*checkpoints: train first"):
+    modes.run("sample", None, str(tmp_path))
+  assert _tree(tmp_path) == before
+
+
+def test_config_that_does_not_match_the_run_is_a_clear_error(trained):
+  config, workdir = trained
+  other = config.copy_and_resolve_references()
+  other.model.width = 2 * config.model.width
+  other.encoder.random.n_layer = 3
+  other.model.dtype = "bfloat16"  # A compute dtype is not a model setting: not named.
+  before = _tree(workdir)
+  for mode in ("sample", "eval"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"--config does not describe the model trained in {workdir}: encoder.random.n_layer=2 there, 3 here; "
+        f"model.width={config.model.width} there, {2 * config.model.width} here. Leave out --config")):
+      modes.run(mode, other, workdir)
+  assert _tree(workdir) == before
+
+
+def test_console_command(tmp_path):
+  exe = os.path.join(os.path.dirname(sys.executable), "driftjax")
+  assert os.path.exists(exe), "the driftjax console command is not installed (pip install -e .)"
+  proc = subprocess.run([exe, "--helpfull"], capture_output=True, text=True, timeout=60)
+  assert "driftjax.main:" in proc.stdout and "--workdir" in proc.stdout and "--config" in proc.stdout
+  proc = subprocess.run([exe, f"--workdir={tmp_path}", "--mode=sample"], capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode != 0 and "is not a driftjax run folder" in proc.stderr
+  assert not os.listdir(tmp_path)

@@ -5,7 +5,9 @@ Sources (config.data.source):
                  roneneldan/TinyStories, or a local folder of data files);
   files:<glob>   local .txt files (documents separated by lines holding only <|endoftext|>) or .jsonl files
                  (one {"text": ...} per line);
-  synthetic      the built-in story grammar (driftjax.data.synthetic).
+  synthetic      the built-in story grammar (driftjax.data.synthetic);
+  tinystories_sample  the 1,200 TinyStories stories shipped in driftjax/assets/tinystories (CDLA-Sharing-1.0;
+                 see its SOURCE.md): real text with no network.
 Each document becomes its tokens plus end-of-text, truncated to seq_len and padded with end-of-text; with
 packing, documents are concatenated and cut into seq_len pieces instead. The iterator's state is a small dict
 (grain) that checkpoints with the train state.
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 
 EOT = "<|endoftext|>"
+TINYSTORIES_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tinystories", "dev.txt")
 
 
 @dataclasses.dataclass
@@ -109,7 +112,10 @@ def load_documents(source: str, split: str = "train", seed: int = 0, synthetic_d
   if source == "synthetic":
     from driftjax.data import synthetic
     return synthetic.generate_stories(synthetic_docs, seed=seed)
-  raise ValueError(f"unknown data source {source!r}; expected hf:<dataset>, files:<glob> or synthetic")
+  if source == "tinystories_sample":
+    return read_text_file(TINYSTORIES_SAMPLE)
+  raise ValueError(f"unknown data source {source!r}; expected hf:<dataset>, files:<glob>, synthetic or "
+                   "tinystories_sample")
 
 
 def tokenize_documents(docs: Sequence[str], tokenizer, seq_len: int, pack: bool,

@@ -1,4 +1,4 @@
-"""Poolings that turn hidden states (B, L, C) into drift features (ALGORITHM.md section 3).
+"""Poolings that turn hidden states (B, L, C) into drift features (docs/method.md section 3).
 
 Every pooling returns (B, P, C'): P "sub-groups" per sample (positions, windows, or 1 for global statistics).
 Each index p forms its own kernel over the batch's samples (the paper treats each spatial location this

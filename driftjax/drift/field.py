@@ -1,4 +1,4 @@
-"""The drifting field V and the drifting loss (Deng et al. 2026, ALGORITHM.md sections 1-2).
+"""The drifting field V and the drifting loss (Deng et al. 2026, docs/method.md sections 1-2).
 
 Pure functions over grouped features. A group holds N generated rows x (G, N, C); its columns are the
 generated rows themselves (negatives, own diagonal masked), optional extra negatives (G, K, C) and M real

@@ -1,4 +1,4 @@
-"""The one-step generator (ALGORITHM.md section 5): a DiT-style transformer from noise to token embeddings.
+"""The one-step generator (docs/method.md section 5): a DiT-style transformer from noise to token embeddings.
 
 noise (B, L, noise_dim) -> linear + learned position signal -> blocks of [RMSNorm, adaLN-Zero modulation,
 attention with QK-norm and 1D RoPE] and [RMSNorm, adaLN-Zero, SwiGLU] -> final norm with adaLN shift/scale ->
@@ -6,7 +6,7 @@ an output head. head="embedding" (the paper's setup, the seed's): a linear map t
 whose bias starts at the mean token embedding. head="vocab": logits over the vocabulary; the encoder is fed
 their expected token embedding (softmax(logits) @ table, vocab_mode="soft"), or the argmax token's embedding
 with the soft one's gradient (vocab_mode="straight_through"), so outputs lie among real token embeddings
-(ALGORITHM.md section 7: outputs off the token manifold were the earlier attempts' crux).
+(docs/method.md sections 5 and 7: outputs off the token manifold were the earlier attempts' crux).
 Conditioning: a style vector, the sum of 32 embeddings drawn at random from a 64-entry codebook.
 Parameters are float32; `dtype` sets the compute dtype (bfloat16 on accelerators).
 """
