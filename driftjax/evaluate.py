@@ -155,6 +155,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str 
   ar_rows = decode.truncate_at_eos(ar, eval_tok.eos_token_id)
   result["reference"] = {"data": score(data_rows, tokenizer, evaluator, eval_tok, config),
                          "ar": score(ar_rows, eval_tok, evaluator, eval_tok, config)}
+  # What entropy, distinct_n and self_bleu count: the token ids of the tokenizer each row was made with.
+  ref = result["reference"]
+  for row, tok in ((result, tokenizer), (ref["data"], tokenizer), (ref["ar"], eval_tok)):
+    row["token_unit"] = f"tokens of {tok.name_or_path}"
   if e.mauve:  # The samples against the data reference, on the evaluator's features (see metrics.py).
     result["mauve"] = metrics_lib.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
                                               [tokenizer.decode(t) for t in data_rows])

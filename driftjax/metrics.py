@@ -4,15 +4,20 @@
   end-of-text (as MDLM and Duo compute it): each text is re-tokenized with the evaluator's tokenizer, prefixed
   with end-of-text, and every token after that prefix up to the first end-of-text is scored.
 - entropy: mean over samples of the unigram entropy (nats) of each sample's own tokens.
-- distinct_n: unique n-grams / all n-grams over the whole sample set.
-- self_bleu: mean BLEU-4 of each sample against all the others (nltk, smoothing method 1, as in Texygen).
+- distinct_n: unique n-grams / all n-grams over the whole sample set, n-grams of tokens.
+- self_bleu: mean BLEU-4 of each sample against all the others (nltk, smoothing method 1, as in Texygen), with
+  tokens as BLEU's words.
+  These three count token ids, not words: the (BPE) tokens of the tokenizer that produced the samples (the
+  generator's; the evaluator's for the evaluator's own `ar` samples), so their values move with the tokenizer
+  and compare across runs only at the same one. Texygen's self-BLEU splits words instead.
 - mauve: MAUVE (mauve-text's compute_mauve, eval.mauve) of the samples against the data reference, on features
   made as mauve-text makes them (mauve/compute_mauve.py get_features_from_input, mauve/utils.py
   featurize_tokens_from_model): each non-empty text tokenized by the evaluator's tokenizer with nothing
   prepended, cut to its first 1,024 tokens (max_text_length; fewer if the evaluator has fewer positions), and
-  the hidden state after the final layer norm at its last token. Published MAUVE numbers use gpt2-large features (compute_mauve's default featurizer); here
-  the features come from the run's evaluator (eval.evaluator; the encoder when it is ""), so a number compares
-  with the literature only when the evaluator is gpt2-large.
+  the hidden state after the final layer norm at its last token. Published MAUVE numbers use gpt2-large
+  features (compute_mauve's default featurizer); here the features come from the run's evaluator
+  (eval.evaluator; the encoder when it is ""), so a number compares with the literature only when the
+  evaluator is gpt2-large.
 """
 
 from __future__ import annotations
@@ -44,13 +49,14 @@ def mean_entropy(samples: Sequence[Sequence[int]]) -> float:
 
 
 def distinct_n(samples: Sequence[Sequence[int]], n: int) -> float:
-  """Unique n-grams over all n-grams of the sample set (0 when there are none)."""
+  """Unique n-grams of token ids over all n-grams of the sample set (0 when there are none)."""
   grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
   return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def self_bleu(samples: Sequence[Sequence], max_samples: int = 200) -> float:
-  """Mean BLEU-4 of each of the first max_samples samples against every other sample of the set."""
+  """Mean BLEU-4 of each of the first max_samples samples against every other sample of the set, each sample a
+  sequence of token ids (BLEU's words are tokens here)."""
   from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
   samples = [list(map(str, s)) for s in samples if len(s)]
   if len(samples) < 2:
@@ -109,7 +115,8 @@ def gen_ppl(evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 
 
 def text_metrics(token_lists: Sequence[Sequence[int]], texts: Sequence[str], evaluator, eval_tokenizer,
                  bleu_samples: int = 200, seq_len: int | None = None) -> dict[str, float]:
-  """Every metric of one sample set: token_lists are the samples' own tokens (up to end-of-text).
+  """Every metric of one sample set: token_lists are the samples' own tokens (up to end-of-text), which entropy,
+  distinct_n and self_bleu count; gen_ppl re-tokenizes texts for the evaluator.
 
   With seq_len, a sample shorter than it ended with end-of-text, which gen_ppl then scores too.
   """

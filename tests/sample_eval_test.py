@@ -10,6 +10,7 @@ import pytest
 from driftjax import evaluate
 from driftjax import sample
 from driftjax import train
+from driftjax.data import tokenizer as tok_lib
 from tests.train_test import tiny_config
 
 
@@ -51,6 +52,8 @@ def test_sample_then_eval(trained):
   assert result["n_samples"] == 12 and result["seq_len"] == 32 and result["evaluator"].endswith("random_gpt2")
   assert sorted(result["sweep"]) == ["0.5", "2"]
   assert 0.0 <= result["mauve"] <= 1.0
+  # The generator's and the evaluator's tokenizers are both GPT-2's here.
+  assert result["token_unit"] == result["reference"]["ar"]["token_unit"] == f"tokens of {tok_lib.GPT2_ASSETS}"
   assert result["mauve_features"] == f"{result['evaluator']} (last token, final layer norm)"
   for name in ("step_6.json", "step_6.md", "step_6_frontier.png"):
     assert os.path.getsize(os.path.join(workdir, "eval", name)) > 0
