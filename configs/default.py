@@ -98,6 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.evaluator_tokenizer = ""  # Default: the evaluator's own name.
   config.eval.data_split = "validation"  # For hf: sources, the split of the data reference.
   config.eval.bleu_samples = 200  # Self-BLEU over the first N samples (it is quadratic).
+  # MAUVE of the samples against the data reference (needs the eval extra: pip install -e '.[eval]'), on the
+  # evaluator's features; comparable with published MAUVE only when the evaluator is gpt2-large.
+  config.eval.mauve = True
   config.eval.sweep_temperatures = ()  # E.g. (0.5, 1.0, 2.0): a gen-PPL vs entropy frontier plot.
   config.eval.seed = 2
   config.eval.ar_batch = 32  # Batch of the evaluator's own (KV-cached) samples for the "ar" row.

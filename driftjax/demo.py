@@ -26,7 +26,7 @@ from driftjax import train
 
 ROWS = ("init", "final", "data", "ar")
 REPORT_KEYS = ("gen_ppl", "entropy", "grammatical_rate", "copy_rate", "distinct_1", "distinct_2", "distinct_3",
-               "self_bleu", "mean_tokens", "n_samples")
+               "self_bleu", "mauve", "mean_tokens", "n_samples")  # mauve: the final row (samples vs data).
 
 
 def targets(rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -89,6 +89,7 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  evaluate.check_packages(config)  # Before pretraining and training, not after them.
   timings = {}
   t0 = time.time()
   if config.encoder.name == build.PRETRAINED:

@@ -82,6 +82,12 @@ def training_documents(config) -> frozenset:
   return _training_documents(d.source, d.get("synthetic_docs", 0), d.holdout, config.seed)
 
 
+def check_packages(config: ml_collections.ConfigDict) -> None:
+  """Fails before any work when the config asks for a metric whose package is not installed (eval.mauve)."""
+  if config.eval.mauve:
+    metrics_lib.require_mauve()
+
+
 def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
   texts = [tokenizer.decode(t) for t in token_lists]
   result = metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples,
@@ -126,6 +132,7 @@ def plot_frontier(result: dict, path: str) -> None:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str | None = None) -> dict:
   e = config.eval
+  check_packages(config)
   path = samples_path or e.samples_file or latest_samples(workdir)
   rows = read_samples(path)
   match = re.findall(r"step_(\d+)\.jsonl$", path)
@@ -148,17 +155,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str 
   ar_rows = decode.truncate_at_eos(ar, eval_tok.eos_token_id)
   result["reference"] = {"data": score(data_rows, tokenizer, evaluator, eval_tok, config),
                          "ar": score(ar_rows, eval_tok, evaluator, eval_tok, config)}
-  mauve = metrics_lib.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
-                                  [tokenizer.decode(t) for t in data_rows])
-  if mauve is not None:
-    result["mauve"] = mauve
+  # What entropy, distinct_n and self_bleu count: the token ids of the tokenizer each row was made with.
+  ref = result["reference"]
+  for row, tok in ((result, tokenizer), (ref["data"], tokenizer), (ref["ar"], eval_tok)):
+    row["token_unit"] = f"tokens of {tok.name_or_path}"
+  if e.mauve:  # The samples against the data reference, on the evaluator's features (see metrics.py).
+    result["mauve"] = metrics_lib.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
+                                              [tokenizer.decode(t) for t in data_rows])
+    result["mauve_features"] = f"{eval_name} (last token, final layer norm)"
   if sweep is not None:
     result["sweep"] = sweep
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   name = f"step_{step}" if step >= 0 else os.path.splitext(os.path.basename(path))[0]
   files.atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(result, indent=2))
-  files.atomic_write(os.path.join(out_dir, f"{name}.md"), markdown_table(result))
+  note = (f"\nMAUVE (samples vs data) on features of {eval_name}; published MAUVE uses gpt2-large features.\n"
+          if "mauve" in result else "")
+  files.atomic_write(os.path.join(out_dir, f"{name}.md"), markdown_table(result) + note)
   if "sweep" in result:
     plot_frontier(result, os.path.join(out_dir, f"{name}_frontier.png"))
   logging.info("eval of %s:\n%s", path, markdown_table(result))

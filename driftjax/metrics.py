@@ -4,8 +4,20 @@
   end-of-text (as MDLM and Duo compute it): each text is re-tokenized with the evaluator's tokenizer, prefixed
   with end-of-text, and every token after that prefix up to the first end-of-text is scored.
 - entropy: mean over samples of the unigram entropy (nats) of each sample's own tokens.
-- distinct_n: unique n-grams / all n-grams over the whole sample set.
-- self_bleu: mean BLEU-4 of each sample against all the others (nltk, smoothing method 1, as in Texygen).
+- distinct_n: unique n-grams / all n-grams over the whole sample set, n-grams of tokens.
+- self_bleu: mean BLEU-4 of each sample against all the others (nltk, smoothing method 1, as in Texygen), with
+  tokens as BLEU's words.
+  These three count token ids, not words: the (BPE) tokens of the tokenizer that produced the samples (the
+  generator's; the evaluator's for the evaluator's own `ar` samples), so their values move with the tokenizer
+  and compare across runs only at the same one. Texygen's self-BLEU splits words instead.
+- mauve: MAUVE (mauve-text's compute_mauve, eval.mauve) of the samples against the data reference, on features
+  made as mauve-text makes them (mauve/compute_mauve.py get_features_from_input, mauve/utils.py
+  featurize_tokens_from_model): each non-empty text tokenized by the evaluator's tokenizer with nothing
+  prepended, cut to its first 1,024 tokens (max_text_length; fewer if the evaluator has fewer positions), and
+  the hidden state after the final layer norm at its last token. Published MAUVE numbers use gpt2-large
+  features (compute_mauve's default featurizer); here the features come from the run's evaluator
+  (eval.evaluator; the encoder when it is ""), so a number compares with the literature only when the
+  evaluator is gpt2-large.
 """
 
 from __future__ import annotations
@@ -37,13 +49,14 @@ def mean_entropy(samples: Sequence[Sequence[int]]) -> float:
 
 
 def distinct_n(samples: Sequence[Sequence[int]], n: int) -> float:
-  """Unique n-grams over all n-grams of the sample set (0 when there are none)."""
+  """Unique n-grams of token ids over all n-grams of the sample set (0 when there are none)."""
   grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
   return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def self_bleu(samples: Sequence[Sequence], max_samples: int = 200) -> float:
-  """Mean BLEU-4 of each of the first max_samples samples against every other sample of the set."""
+  """Mean BLEU-4 of each of the first max_samples samples against every other sample of the set, each sample a
+  sequence of token ids (BLEU's words are tokens here)."""
   from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
   samples = [list(map(str, s)) for s in samples if len(s)]
   if len(samples) < 2:
@@ -102,7 +115,8 @@ def gen_ppl(evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 
 
 def text_metrics(token_lists: Sequence[Sequence[int]], texts: Sequence[str], evaluator, eval_tokenizer,
                  bleu_samples: int = 200, seq_len: int | None = None) -> dict[str, float]:
-  """Every metric of one sample set: token_lists are the samples' own tokens (up to end-of-text).
+  """Every metric of one sample set: token_lists are the samples' own tokens (up to end-of-text), which entropy,
+  distinct_n and self_bleu count; gen_ppl re-tokenizes texts for the evaluator.
 
   With seq_len, a sample shorter than it ended with end-of-text, which gen_ppl then scores too.
   """
@@ -119,19 +133,82 @@ def text_metrics(token_lists: Sequence[Sequence[int]], texts: Sequence[str], eva
   }
 
 
-def mauve_score(evaluator: gpt2.GPT2, tokenizer, texts_p, texts_q) -> float | None:
-  """MAUVE on the evaluator's final-position features, when the mauve-text package is installed."""
+MAUVE_MAX_TOKENS = 1024  # compute_mauve's max_text_length default.
+MAUVE_SEED = 25  # compute_mauve's default seed (k-means initialization).
+
+
+def require_mauve():
+  """The mauve module, or an ImportError that says how to get it or turn MAUVE off."""
   try:
     import mauve
-  except ImportError:
-    return None
+  except ImportError as e:
+    raise ImportError("eval.mauve=True needs the mauve-text package: pip install -e '.[eval]' "
+                      "(or set --config.eval.mauve=False)") from e
+  return mauve
+
+
+def mauve_token_rows(texts: Sequence[str], tokenizer, max_tokens: int) -> list[list[int]]:
+  """Texts tokenized as mauve-text's compute_mauve(p_text=...) does: empty strings dropped, no end-of-text or
+  other prefix added, the first max_tokens tokens kept (tokenizer.encode with truncation)."""
+  rows = [tokenizer.encode(t, truncation=True, max_length=max_tokens) for t in texts if len(t) > 0]
+  if not rows:
+    raise ValueError(f"MAUVE needs at least one non-empty text, got {len(texts)} empty ones")
+  if any(not r for r in rows):
+    raise ValueError("a non-empty text tokenized to no tokens: it has no last token to take a feature from")
+  return rows
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _last_token_features(graphdef, state, ids, last):
+  """(B, D) hidden states after the final layer norm at positions `last` (B,) of ids (B, L)."""
+  model = nnx.merge(graphdef, state)
+  n_layer = model.cfg.n_layer
+  # Full float32 matmuls, as mauve-text's PyTorch featurizer does by default; XLA may use TF32 on recent GPUs.
+  with jax.default_matmul_precision("highest"):
+    hidden = model(input_ids=ids, hidden_layers=(n_layer,))["hidden"][n_layer]
+  return hidden[jnp.arange(ids.shape[0]), last]
+
+
+def mauve_features(evaluator: gpt2.GPT2, rows: Sequence[Sequence[int]], batch: int = 16) -> np.ndarray:
+  """(N, D) features of token rows as mauve-text takes them: the last layer's hidden state (after the final
+  layer norm, transformers' hidden_states[-1]) at each row's own last token.
+
+  Rows are sorted by length and right-padded per batch to a power-of-two length (at most n_positions), so a
+  handful of shapes compile; padding sits after each row's last token, where causal attention cannot see it.
+  """
+  if not rows:
+    raise ValueError("mauve_features needs at least one row")
+  n_pos = evaluator.cfg.n_positions
+  if max(len(r) for r in rows) > n_pos:
+    raise ValueError(f"a row of {max(len(r) for r in rows)} tokens exceeds the evaluator's {n_pos} positions")
   graphdef, state = nnx.split(evaluator)
+  order = np.argsort([len(r) for r in rows], kind="stable")
+  out = np.zeros((len(rows), evaluator.cfg.n_embd), np.float32)
+  for i in range(0, len(rows), batch):
+    idx = order[i:i + batch]
+    longest = max(len(rows[j]) for j in idx)
+    length = min(n_pos, 1 << (longest - 1).bit_length())
+    ids = np.zeros((batch, length), np.int32)  # A short last batch is filled with empty rows: no new shape.
+    last = np.zeros((batch,), np.int32)
+    for k, j in enumerate(idx):
+      ids[k, :len(rows[j])] = rows[j]
+      last[k] = len(rows[j]) - 1
+    feats = _last_token_features(graphdef, state, jnp.asarray(ids), jnp.asarray(last))
+    out[idx] = np.asarray(feats)[:len(idx)]
+  return out
 
-  def feats(texts):
-    ids, mask = evaluator_rows(texts, tokenizer, evaluator.cfg.n_positions)
-    last = mask.sum(1).astype(int)  # Index of each text's first end-of-text.
-    out = nnx.merge(graphdef, state)(input_ids=jnp.asarray(ids), hidden_layers=(evaluator.cfg.n_layer,))
-    h = np.asarray(out["hidden"][evaluator.cfg.n_layer])
-    return h[np.arange(len(texts)), last]
 
-  return float(mauve.compute_mauve(p_features=feats(texts_p), q_features=feats(texts_q), verbose=False).mauve)
+def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, seed: int = MAUVE_SEED) -> float:
+  """mauve-text's compute_mauve on given features, with its other defaults (num_buckets='auto': n / 10)."""
+  mauve = require_mauve()
+  return float(mauve.compute_mauve(p_features=p_features, q_features=q_features, seed=seed, verbose=False).mauve)
+
+
+def mauve_score(evaluator: gpt2.GPT2, tokenizer, texts_p: Sequence[str], texts_q: Sequence[str],
+                seed: int = MAUVE_SEED) -> float:
+  """MAUVE of two text sets on the evaluator's features, tokenized and featurized as mauve-text does."""
+  require_mauve()  # Before featurizing: a missing package should not cost a forward pass first.
+  max_tokens = min(MAUVE_MAX_TOKENS, evaluator.cfg.n_positions)
+  p = mauve_features(evaluator, mauve_token_rows(texts_p, tokenizer, max_tokens))
+  q = mauve_features(evaluator, mauve_token_rows(texts_q, tokenizer, max_tokens))
+  return mauve_from_features(p, q, seed)

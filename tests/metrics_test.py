@@ -1,7 +1,10 @@
 """Text metrics on hand-made inputs, and a tiny LM whose probabilities are known."""
 
 import math
+import os
+import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -84,3 +87,58 @@ def test_real_text_scores_lower_than_shuffled(tmp_path):
   rng = np.random.default_rng(0)
   shuffled = [tok.decode(rng.permutation(tok.encode(t)).tolist()) for t in real]
   assert metrics.gen_ppl(model, tok, real) < 0.5 * metrics.gen_ppl(model, tok, shuffled)
+
+
+TINY_GPT2 = os.path.join(os.path.dirname(__file__), "testdata", "tiny_gpt2")
+
+
+def test_mauve_batched_features_equal_per_text_unpadded_features():
+  """Sorted, right-padded, jitted batches give each row the feature of its own unpadded forward pass."""
+  model = gpt2.load_gpt2(TINY_GPT2)  # 3 layers, 32 positions, vocabulary 512.
+  rng = np.random.default_rng(0)
+  # Few distinct lengths, as each unpadded reference compiles once per length; sorted, they fill batches padded
+  # to 8 and 32 (twice, the last with 3 empty rows).
+  lengths = [32, 5, 1, 17, 9, 2, 16, 5, 9]
+  rows = [rng.integers(0, 512, size=n).tolist() for n in lengths]
+  batched = metrics.mauve_features(model, rows, batch=4)
+  graphdef, state = nnx.split(model)
+  n_layer = model.cfg.n_layer
+  alone = jax.jit(lambda ids: nnx.merge(graphdef, state)(input_ids=ids, hidden_layers=(n_layer,))["hidden"][n_layer])
+  for row, feat in zip(rows, batched):
+    np.testing.assert_allclose(feat, np.asarray(alone(jnp.asarray([row]))[0, -1]), atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="a row of 33 tokens exceeds the evaluator's 32 positions"):
+    metrics.mauve_features(model, [[1] * 33])
+
+
+def test_mauve_token_rows_tokenize_as_mauve_text():
+  """No end-of-text prefix, empty texts dropped, the first max_tokens tokens kept."""
+  tok = tok_lib.load_tokenizer("gpt2")
+  long = "Once upon a time there was a cat who liked to sit in the sun all day long."
+  rows = metrics.mauve_token_rows(["Hello world", "", long], tok, max_tokens=8)
+  assert rows == [tok.encode("Hello world"), tok.encode(long)[:8]]
+  assert rows[0][0] != tok.eos_token_id and len(tok.encode(long)) > 8
+
+
+def test_mauve_of_a_set_against_itself_is_one_and_against_another_is_lower():
+  """mauve-text's compute_mauve on tiny GPT-2 features: random token rows against themselves, against a fresh
+  draw of the same kind, and against rows of one repeated token (a clearly different, collapsed set)."""
+  model = gpt2.load_gpt2(TINY_GPT2)
+  rng = np.random.default_rng(0)
+
+  def random_rows(n=40):
+    return metrics.mauve_features(model, [rng.integers(0, 512, size=rng.integers(4, 16)).tolist() for _ in range(n)])
+
+  p, p_again = random_rows(), random_rows()
+  collapsed = metrics.mauve_features(model, [[7] * int(rng.integers(4, 16)) for _ in range(40)])
+  same = metrics.mauve_from_features(p, p, seed=1)  # 40 + 40 features: 4 buckets.
+  fresh = metrics.mauve_from_features(p, p_again, seed=1)
+  other = metrics.mauve_from_features(p, collapsed, seed=1)
+  assert same == pytest.approx(1.0, abs=1e-6)
+  assert fresh > 0.8 and other < 0.1, (fresh, other)  # Here 0.94 and 0.007.
+  assert metrics.mauve_from_features(p, collapsed, seed=1) == other  # The seed fixes k-means: it repeats.
+
+
+def test_mauve_without_the_package_says_how_to_get_it(monkeypatch):
+  monkeypatch.setitem(sys.modules, "mauve", None)  # `import mauve` now raises ImportError.
+  with pytest.raises(ImportError, match=r"pip install -e '\.\[eval\]' \(or set --config\.eval\.mauve=False\)"):
+    metrics.require_mauve()

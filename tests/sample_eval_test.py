@@ -16,6 +16,7 @@ from driftjax import modes
 from driftjax import run_config
 from driftjax import sample
 from driftjax import train
+from driftjax.data import tokenizer as tok_lib
 from tests.train_test import tiny_config
 
 
@@ -28,6 +29,7 @@ def trained(tmp_path_factory):
   config.sample.n_samples = 12
   config.sample.batch = 8
   config.eval.sweep_temperatures = (0.5, 2.0)
+  config.eval.mauve = True  # 12 samples make a meaningless MAUVE (2 buckets), but the whole path runs.
   train.train(config, workdir)
   return config, workdir
 
@@ -55,11 +57,23 @@ def test_sample_then_eval(trained):
       assert math.isfinite(row[key]), (key, row)
   assert result["n_samples"] == 12 and result["seq_len"] == 32 and result["evaluator"].endswith("random_gpt2")
   assert sorted(result["sweep"]) == ["0.5", "2"]
+  assert 0.0 <= result["mauve"] <= 1.0
+  # The generator's and the evaluator's tokenizers are both GPT-2's here.
+  assert result["token_unit"] == result["reference"]["ar"]["token_unit"] == f"tokens of {tok_lib.GPT2_ASSETS}"
+  assert result["mauve_features"] == f"{result['evaluator']} (last token, final layer norm)"
   for name in ("step_6.json", "step_6.md", "step_6_frontier.png"):
     assert os.path.getsize(os.path.join(workdir, "eval", name)) > 0
   with open(os.path.join(workdir, "eval", "step_6.md")) as f:
     table = f.read()
   assert "| samples |" in table and "| data |" in table and "| ar |" in table
+  assert f"MAUVE (samples vs data) on features of {result['evaluator']}; published MAUVE uses gpt2-large" in table
+
+
+def test_eval_with_mauve_but_without_the_package_fails_first(trained, monkeypatch):
+  config, workdir = trained
+  monkeypatch.setitem(sys.modules, "mauve", None)  # `import mauve` now raises ImportError.
+  with pytest.raises(ImportError, match=r"eval\.mauve=True needs the mauve-text package: pip install -e '\.\[eval\]'"):
+    evaluate.evaluate(config, workdir, samples_path=os.path.join(workdir, "no_such_file.jsonl"))
 
 
 def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
