@@ -25,11 +25,12 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo as demo_config  # noqa: E402
-from driftjax import metrics as metrics_lib  # noqa: E402
-from driftjax import sample as sample_lib  # noqa: E402
+from driftjax import text_metrics  # noqa: E402
+from driftjax import build  # noqa: E402
+from driftjax import sampler as sampler_lib  # noqa: E402
 from driftjax import train  # noqa: E402
 from driftjax import train_step as step_lib  # noqa: E402
-from driftjax.data import pipeline  # noqa: E402
+from driftjax.drift import losses as losses_lib  # noqa: E402
 from driftjax.data import synthetic  # noqa: E402
 from driftjax.models import decode  # noqa: E402
 from driftjax.models import generator as gen_lib  # noqa: E402
@@ -69,9 +70,9 @@ def scores(ids: np.ndarray, trainer) -> dict[str, float]:
   rows = decode.truncate_at_eos(ids, trainer.tokenizer.eos_token_id)
   texts = [trainer.tokenizer.decode(r) for r in rows]
   agree = np.mean([np.bincount(ids[:, p]).max() / len(ids) for p in range(ids.shape[1])])
-  return {"gen_ppl": metrics_lib.gen_ppl(trainer.encoder, trainer.tokenizer, texts),
+  return {"gen_ppl": text_metrics.gen_ppl(trainer.encoder, trainer.tokenizer, texts),
           "grammatical_rate": float(np.mean([synthetic.grammatical_rate(t) for t in texts])),
-          "distinct_2": metrics_lib.distinct_n(rows, 2), "agree": float(agree)}
+          "distinct_2": text_metrics.distinct_n(rows, 2), "agree": float(agree)}
 
 
 def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1) -> np.ndarray:
@@ -90,8 +91,8 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1) -> np.ndarr
 
     def loss_fn(x):
       emb = gen_lib.to_embeddings(x, table, cfg.gen)
-      return step_lib.drift_losses(step_lib.feature_dict(enc, emb, None, cfg), pos, jnp.ones((1, cfg.n_pos)),
-                                   cfg)[0]
+      return losses_lib.drift_losses(step_lib.feature_dict(enc, emb, None, cfg), pos, jnp.ones((1, cfg.n_pos)),
+                                     cfg.groups, cfg.field)[0]
 
     grads = jax.grad(loss_fn)(x)
     updates, opt = tx.update(grads, opt)
@@ -106,8 +107,10 @@ def run_generator(trainer, steps: int, n: int = 64) -> np.ndarray:
   state = trainer.init_state()
   for _ in range(steps):
     state, _ = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
-  table = trainer.encoder.wte[...][: len(trainer.tokenizer)]
-  return sample_lib.generate(trainer.graphdef, state["ema"], trainer.cfg.gen, table, n, n, jax.random.key(1))[0]
+  gen = sampler_lib.Sampler(graphdef=trainer.graphdef, params=state["ema"], gen_cfg=trainer.cfg.gen,
+                            table=trainer.encoder.wte[...][: len(trainer.tokenizer)], tokenizer=trainer.tokenizer,
+                            batch=n)
+  return gen.generate(n, jax.random.key(1))[0]
 
 
 def main():
@@ -129,8 +132,7 @@ def main():
     trainer = train.setup(config, args.workdir)
     if first is None:  # The data row: held-out stories, the same way.
       first = trainer
-      _, held = train.corpus_rows(config, trainer.tokenizer, pipeline.CorpusStats())
-      r = scores(held[:64], trainer)
+      r = scores(build.corpus(config).heldout_rows(trainer.tokenizer, 64), trainer)
       print(f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
             f"{r['distinct_2']:.3f} | {r['agree']:.3f} | |", flush=True)
     t0 = time.time()

@@ -32,6 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.encoder.name = "gpt2"
   config.encoder.tokenizer = "gpt2"  # GPT-2's vocabulary ships with driftjax: works offline.
   config.encoder.dtype = "float32"
+  # A random GPT-2 written to DIR/random_gpt2 instead (tests, benchmarks: speed does not depend on weights).
+  config.encoder.random = ml_collections.ConfigDict()
+  config.encoder.random.enabled = False
+  config.encoder.random.n_layer = 12
+  config.encoder.random.n_embd = 768
+  config.encoder.random.n_head = 12
+  config.encoder.random.n_positions = 1024
+  config.encoder.random.seed = 0
 
   # Drift features and field (docs/method.md sections 2-3).
   config.drift = ml_collections.ConfigDict()
@@ -39,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.raw = True  # Also the embeddings themselves ("raw"): pulls outputs onto real tokens.
   config.drift.poolings = ("pos", "mean", "std", "win4_mean", "win4_std", "win16_mean", "win16_std", "rms")
   config.drift.temperatures = (0.02, 0.05, 0.2)  # Relative to the mean distance (the paper's set).
-  config.drift.softmax = "double"  # Ablations: double_floor | cols | separate | none.
-  config.drift.drift_norm = "per_temperature"  # Ablations: after_sum | none.
+  config.drift.softmax = "double"  # Ablations: double_floor | cols.
+  config.drift.drift_norm = "per_temperature"  # Ablation: none.
   config.drift.temperature_units = "mean_distance"  # Ablation: feature.
   config.drift.self_mask = 100.0
 

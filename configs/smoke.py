@@ -19,7 +19,6 @@ def get_config():
   config.model.style_codebook = 16
 
   config.encoder.name = ""  # Unused: the random encoder below is written to DIR/random_gpt2.
-  config.encoder.random = config.encoder.__class__()
   config.encoder.random.enabled = True
   config.encoder.random.n_layer = 2
   config.encoder.random.n_embd = 32

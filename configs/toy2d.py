@@ -14,8 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The field's settings (driftjax.drift.field.FieldConfig); the paper's defaults.
   config.drift = ml_collections.ConfigDict()
   config.drift.temperatures = (0.02, 0.05, 0.2)  # Relative to the mean distance s.
-  config.drift.softmax = "double"  # Ablations: double_floor | cols | separate | none.
-  config.drift.drift_norm = "per_temperature"  # Ablations: after_sum | none.
+  config.drift.softmax = "double"  # Ablations: double_floor | cols.
+  config.drift.drift_norm = "per_temperature"  # Ablation: none.
   config.drift.temperature_units = "mean_distance"  # Ablation: feature (port: R not times sqrt(C)).
   config.drift.self_mask = 100.0  # Added to d_ii in normalized units, as in the paper's code.
 

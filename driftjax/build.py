@@ -1,4 +1,4 @@
-"""Builds the pieces a mode needs from a config: tokenizer, frozen encoder, generator and step settings."""
+"""Builds the pieces a mode needs from a config: the corpus, tokenizer, frozen encoder and generator settings."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from driftjax.data import corpus as corpus_lib
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import generator as gen_lib
 from driftjax.models import gpt2
 
 
 PRETRAINED = "pretrained"  # encoder.name / encoder.tokenizer: the output of --mode=pretrain_encoder in DIR.
+
+
+def corpus(config: ml_collections.ConfigDict) -> corpus_lib.Corpus:
+  """The run's corpus: every mode splits it the same way (data.holdout documents are never trained on)."""
+  d = config.data
+  return corpus_lib.Corpus(source=d.source, seq_len=config.model.seq_len, seed=config.seed, holdout=d.holdout,
+                           synthetic_docs=d.get("synthetic_docs", 0), pack=d.pack, train_split=d.split,
+                           heldout_split=config.eval.data_split)
 
 
 def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int) -> gen_lib.GeneratorConfig:
@@ -30,7 +39,7 @@ def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size
 def encoder_path(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The encoder's hub name or folder: a random encoder (smoke tests) lives in DIR/random_gpt2, one written by
   --mode=pretrain_encoder (encoder.name="pretrained") in DIR/<pretrain.out_dir>."""
-  if config.encoder.get("random") and config.encoder.random.enabled:
+  if config.encoder.random.enabled:
     return os.path.join(workdir, "random_gpt2")
   if config.encoder.name == PRETRAINED:
     return os.path.join(workdir, config.pretrain.out_dir)
@@ -58,7 +67,7 @@ def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str, 
   """The frozen encoder and the tokenizer. `write`: a random encoder (encoder.random) is written to DIR when
   absent (training); without it (sampling, evaluation, the API: reading a finished run) it must be there."""
   path = encoder_path(config, workdir)
-  random = bool(config.encoder.get("random") and config.encoder.random.enabled)
+  random = config.encoder.random.enabled
   if (config.encoder.name == PRETRAINED or (random and not write)) and not os.path.exists(
       os.path.join(path, "model.safetensors")):
     how = ("run --mode=pretrain_encoder (or --mode=demo) with this --workdir first" if not random else

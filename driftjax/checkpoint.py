@@ -15,6 +15,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from driftjax import files
+
 
 def make_manager(workdir: str, keep: int = 1, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
@@ -49,7 +51,6 @@ def check_model(workdir: str, signature: dict, write: bool) -> None:
       raise ValueError(f"the checkpoints in {workdir} were written for a different model: " + "; ".join(diffs)
                        + ". Use another --workdir, or the settings it was trained with.")
   elif write and jax.process_index() == 0:
-    from driftjax import files
     files.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True))
 
 
@@ -58,39 +59,57 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, force: bool =
   return mngr.save(step, args=args, force=force)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter):
-  """The state at `step` (sharded like abstract_state); data_iter is moved to the saved position."""
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                            data=grain.checkpoint.CheckpointRestore(data_iter))
+def _restore_step(mngr: ocp.CheckpointManager, step: int, target, data_iter):
+  if data_iter is None:  # Only the leaves of `target` (e.g. {"ema": ...}): nothing else is read.
+    state = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                   partial_restore=True)
+    return mngr.restore(step, args=ocp.args.Composite(state=state))["state"]
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iter))
   return mngr.restore(step, args=args)["state"]
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
-  """(state, step) from the newest checkpoint that restores, or (None, None) without one.
+def restore(workdir: str, target, step: int | None = None, *, data_iter=None, mngr=None):
+  """(tree, step) from DIR/checkpoints: the one restore path of training, sampling and evaluation.
 
-  A newest checkpoint that fails to restore (truncated, corrupted) is reported and the previous one is tried.
-  Steps that failed are moved, not deleted, to DIR/checkpoints_unreadable/ so that later saves neither collide
-  with them nor count them among the checkpoints to keep. If none restores, that is an error listing why.
+  target: ShapeDtypeStructs (with shardings) of what to read. Training passes the whole train state, its
+  grain iterator (moved to the saved position) and its writable manager; sampling and evaluation pass a part of
+  the state (e.g. {"ema": params}) and read only that, through a read-only manager.
+  step: that checkpoint, or None for the newest that restores. Training without any checkpoint gets (None,
+  None), a fresh start; reading a run without one is an error. A newest checkpoint that fails to restore
+  (truncated, corrupted) is reported and, in training, moved (never deleted) to DIR/checkpoints_unreadable/
+  so that later saves neither collide with it nor count it among those to keep, and the previous one is
+  tried; if none restores, that is an error listing why. Reading never changes anything on disk.
   """
+  training = mngr is not None
+  if not training:
+    require_checkpoints(workdir)
+    mngr = make_manager(workdir, read_only=True)
   steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    if training:
+      return None, None
+    raise FileNotFoundError(f"no checkpoints in {mngr.directory}: train first (--mode=train)")
+  if step is not None and step >= 0:
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {mngr.directory} (have {sorted(steps)})")
+    steps = [step]
   failed, errors = [], []
-  for step in steps:
+  for s in steps:
     try:
-      state = restore(mngr, step, abstract_state, data_iter)
+      tree = _restore_step(mngr, s, target, data_iter)
     except Exception as e:  # Report, then fall back to the previous checkpoint.
-      msg = f"checkpoint step {step} in {mngr.directory} could not be restored: {type(e).__name__}: {e}"
+      msg = f"checkpoint step {s} in {mngr.directory} could not be restored: {type(e).__name__}: {e}"
       logging.error(msg)
-      failed.append(step)
+      failed.append(s)
       errors.append(msg)
+      if not training:
+        break  # Reading a run says what is wrong with the checkpoint asked for; it does not fall back.
       continue
     if failed:
       _move_aside(mngr, failed)
-      logging.warning("restored step %d instead; unreadable steps %s moved to %s", step, failed,
-                      _unreadable_dir(mngr))
-    return state, step
-  if errors:
-    raise ValueError("no checkpoint could be restored (nothing was changed on disk):\n" + "\n".join(errors))
-  return None, None
+      logging.warning("restored step %d instead; unreadable steps %s moved to %s", s, failed, _unreadable_dir(mngr))
+    return tree, s
+  raise ValueError("no checkpoint could be restored (nothing was changed on disk):\n" + "\n".join(errors))
 
 
 def _unreadable_dir(mngr: ocp.CheckpointManager) -> str:

@@ -21,7 +21,8 @@ from driftjax import build
 from driftjax import evaluate
 from driftjax import files
 from driftjax import pretrain
-from driftjax import sample as sample_lib
+from driftjax import sample
+from driftjax import sampler as sampler_lib
 from driftjax import train
 
 ROWS = ("init", "final", "data", "ar")
@@ -93,29 +94,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   timings = {}
   t0 = time.time()
   if config.encoder.name == build.PRETRAINED:
-    pretrain.pretrain_encoder(config, workdir)
+    pretrain.run(config, workdir)
   timings["pretrain_s"] = time.time() - t0
 
   t = time.time()
   trainer = train.setup(config, workdir)
   evaluator, eval_tok, eval_name = build.load_evaluator(config, workdir, trainer.encoder, trainer.tokenizer)
   s = config.sample
-  table = trainer.encoder.wte[...][: len(trainer.tokenizer)]
-  init_params = trainer.init_state()["ema"]  # The state training starts from (same seed).
-  ids, dists = sample_lib.generate(trainer.graphdef, init_params, trainer.cfg.gen, table, s.n_samples, s.batch,
-                                   jax.random.key(s.seed), metric=s.metric, temperature=s.temperature,
-                                   top_k=s.top_k)
-  init_rows = sample_lib.records(ids, dists, trainer.tokenizer)
+  init_gen = sampler_lib.from_params(config, trainer.graphdef, trainer.init_state()["ema"], trainer.cfg.gen,
+                                 trainer.encoder, trainer.tokenizer)  # The state training starts from.
+  init_rows = init_gen.records(s.n_samples, jax.random.key(s.seed), temperature=s.temperature, top_k=s.top_k)
   init = evaluate.score([r["token_ids"] for r in init_rows], trainer.tokenizer, evaluator, eval_tok, config)
   timings["init_eval_s"] = time.time() - t
 
   t = time.time()
-  result = train.train(config, workdir, trainer)
+  result = train.run(config, workdir, trainer)
   timings["train_s"] = time.time() - t
 
   t = time.time()
-  path = sample_lib.sample(config, workdir)
-  final = evaluate.evaluate(config, workdir, path)
+  path = sample.run(config, workdir)
+  final = evaluate.run(config, workdir, path)
   timings["final_eval_s"] = time.time() - t
   timings["total_s"] = time.time() - t0
 

@@ -6,10 +6,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from driftjax import build
+from driftjax import train_state
+from driftjax import train_step as step_lib
 from driftjax.models import generator as gen_lib
 from driftjax.models import gpt2
 
@@ -22,14 +25,27 @@ KNOWN_GPT2 = {
 }
 
 
-def encoder_config(name: str) -> gpt2.GPT2Config:
-  """The encoder's architecture from a local folder's config.json or the table of public checkpoints."""
-  if os.path.isdir(name):
-    return gpt2.load_config(name)
-  base = name.removeprefix("openai-community/")
+def encoder_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> gpt2.GPT2Config:
+  """The encoder's architecture without its weights: a random encoder's settings, the pretrained one's folder
+  (or, before pretraining, config.pretrain's shape), a local folder's config.json, or a public checkpoint."""
+  e, vocab = config.encoder, gpt2.GPT2Config().vocab_size
+  if e.random.enabled:
+    r = e.random
+    return gpt2.GPT2Config(vocab_size=vocab, n_positions=r.n_positions, n_embd=r.n_embd, n_layer=r.n_layer,
+                           n_head=r.n_head)
+  if e.name == build.PRETRAINED:
+    folder = build.encoder_path(config, workdir) if workdir else ""
+    if folder and os.path.isdir(folder):
+      return gpt2.load_config(folder)
+    p = config.pretrain
+    return gpt2.GPT2Config(vocab_size=p.bpe_vocab_size or vocab, n_positions=p.seq_len + 1, n_embd=p.n_embd,
+                           n_layer=p.n_layer, n_head=p.n_head)
+  if os.path.isdir(e.name):
+    return gpt2.load_config(e.name)
+  base = e.name.removeprefix("openai-community/")
   if base in KNOWN_GPT2:
     return gpt2.GPT2Config(**KNOWN_GPT2[base])
-  raise ValueError(f"describe: unknown encoder {name!r}; pass a local folder or one of {sorted(KNOWN_GPT2)}")
+  raise ValueError(f"describe: unknown encoder {e.name!r}; pass a local folder or one of {sorted(KNOWN_GPT2)}")
 
 
 def count_params(make) -> int:
@@ -37,53 +53,58 @@ def count_params(make) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
-def feature_subgroups(poolings, seq_len: int) -> dict[str, int]:
-  """Sub-groups per sample of each pooling (positions, windows, or 1)."""
-  sizes = {"pos": seq_len, "win4_mean": seq_len // 4, "win4_std": seq_len // 4,
-           "win16_mean": seq_len // 16, "win16_std": seq_len // 16}
-  return {p: sizes.get(p, 1) for p in poolings}
+def feature_shapes(config: ml_collections.ConfigDict, enc_cfg: gpt2.GPT2Config) -> dict[str, tuple[int, ...]]:
+  """{key: (P, C)} of one sample's drift features, from jax.eval_shape of the step's own feature function."""
+  cfg = train_state.step_config(config, enc_cfg.n_embd, enc_cfg.vocab_size)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: gpt2.GPT2(enc_cfg, rngs=nnx.Rngs(0))))
+  ids = jax.ShapeDtypeStruct((1, config.model.seq_len), jnp.int32)
+  shapes = jax.eval_shape(lambda st, x: step_lib.feature_dict(nnx.merge(graphdef, st), None, x, cfg), state, ids)
+  return {k: tuple(v.shape[1:]) for k, v in shapes.items()}
 
 
-def train_flops(config, gen_cfg, enc_cfg, gen_params, enc_params) -> dict[str, float]:
+def field_flops(config: ml_collections.ConfigDict, shapes: dict[str, tuple[int, ...]]) -> float:
+  """Matmul FLOPs of the field over all keys: for every group and sub-group, N x (N + M) distances of width C
+  and one weighted sum per temperature (M = fresh real rows + the queue's)."""
+  d = config.data
+  n, cols = d.n_gen, d.n_gen + d.n_pos + d.queue_size
+  n_temps = len(config.drift.temperatures)
+  return float(sum(d.groups * p * n * cols * c * 2 * (1 + n_temps) for p, c in shapes.values()))
+
+
+def train_flops(config, gen_cfg, enc_cfg, gen_params, shapes) -> dict[str, float]:
   """Matmul FLOPs of one training step (2 per multiply-add), by part.
 
   Generator: forward + backward = 3x forward. Encoder on generated text: forward + backward to the inputs
-  only (no weight gradients) = 2x forward. Encoder on real text: forward. Field (no gradient): distances
-  and one weighted sum per temperature, over N x (N + M) pairs of every sub-group of every feature key.
+  only (no weight gradients) = 2x forward. Encoder on real text (fresh rows and the queue's, re-encoded every
+  step): forward. Field (no gradient): field_flops.
   """
   d = config.data
   length = gen_cfg.seq_len
-  n_gen, n_pos = d.groups * d.n_gen, d.groups * d.n_pos
+  n_gen, n_real = d.groups * d.n_gen, d.groups * (d.n_pos + d.queue_size)
   depth = max(config.drift.layers, default=0)
   enc_block = 12 * enc_cfg.n_embd ** 2 + 2 * enc_cfg.n_embd * (enc_cfg.inner - 4 * enc_cfg.n_embd)
   enc_fwd_token = 2 * depth * enc_block + 4 * depth * length * enc_cfg.n_embd  # Weights + attention.
   gen_matmul = gen_params - gen_cfg.seq_len * gen_cfg.width - gen_cfg.style_codebook * gen_cfg.width
   gen_fwd_token = 2 * gen_matmul + 4 * gen_cfg.depth * length * gen_cfg.width
-  n_keys = len(config.drift.layers) + int(config.drift.raw)
-  subgroups = feature_subgroups(config.drift.poolings, length)
-  n_temps = len(config.drift.temperatures)
-  field = 0.0
-  for pool, p in subgroups.items():
-    width = enc_cfg.n_embd * (2 if pool == "mean_std_concat" else 32 if pool == "flat32" else 1)
-    field += d.groups * p * d.n_gen * (d.n_gen + d.n_pos) * width * 2 * (1 + n_temps)
   parts = {
       "generator": 3.0 * gen_fwd_token * n_gen * length,
       "encoder_generated": 2.0 * enc_fwd_token * n_gen * length,
-      "encoder_real": 1.0 * enc_fwd_token * n_pos * length,
-      "field": float(field * n_keys),
+      "encoder_real": 1.0 * enc_fwd_token * n_real * length,
+      "field": field_flops(config, shapes),
   }
   parts["total"] = sum(parts.values())
   return parts
 
 
-def describe(config: ml_collections.ConfigDict) -> dict:
-  enc_cfg = encoder_config(config.encoder.name)
+def describe(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
+  enc_cfg = encoder_config(config, workdir)
   gen_cfg = build.generator_config(config, enc_cfg.n_embd, enc_cfg.vocab_size)
   if gen_cfg.seq_len > enc_cfg.n_positions:
     raise ValueError(f"model.seq_len={gen_cfg.seq_len} exceeds the encoder's {enc_cfg.n_positions} positions")
   gen_params = count_params(lambda: gen_lib.Generator(gen_cfg, rngs=nnx.Rngs(0)))
   enc_params = count_params(lambda: gpt2.GPT2(enc_cfg, rngs=nnx.Rngs(0)))
-  flops = train_flops(config, gen_cfg, enc_cfg, gen_params, enc_params)
+  shapes = feature_shapes(config, enc_cfg)
+  flops = train_flops(config, gen_cfg, enc_cfg, gen_params, shapes)
   d = config.data
   return {
       "generator_params": gen_params,
@@ -95,12 +116,14 @@ def describe(config: ml_collections.ConfigDict) -> dict:
       "n_gen": d.n_gen,
       "n_pos": d.n_pos,
       "global_batch": d.groups * (d.n_gen + d.n_pos),
-      "feature_keys": len(config.drift.layers) + int(config.drift.raw),
+      "feature_keys": len(shapes),
+      "feature_shapes": {k: list(v) for k, v in shapes.items()},
       "poolings": list(config.drift.poolings),
       "train_flops_per_step": flops["total"],
       "train_flops_by_part": {k: v for k, v in flops.items() if k != "total"},
   }
 
 
-def run(config: ml_collections.ConfigDict) -> None:
-  print(json.dumps(describe(config), indent=2))
+def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+  """Prints sizes and FLOPs; writes nothing (workdir: where a pretrained encoder would be)."""
+  print(json.dumps(describe(config, workdir), indent=2))

@@ -2,7 +2,7 @@
 
 Rows: the generator's samples; `data` (held-out real text of the same length and count) and `ar` (plain
 ancestral samples of the same length from the evaluator LM itself), all scored by the same code
-(driftjax/metrics.py). With config.eval.sweep_temperatures, samples are redrawn at each decoding temperature
+(driftjax/text_metrics.py). With config.eval.sweep_temperatures, samples are redrawn at each decoding temperature
 and a gen-PPL vs entropy frontier is plotted with the reference points.
 """
 
@@ -21,10 +21,9 @@ import numpy as np
 
 from driftjax import build
 from driftjax import files
-from driftjax import metrics as metrics_lib
-from driftjax import sample as sample_lib
-from driftjax import train
-from driftjax.data import pipeline
+from driftjax import sampler as sampler_lib
+from driftjax import text_metrics
+from driftjax.data import corpus as corpus_lib
 from driftjax.models import decode
 from driftjax.models import gpt2
 
@@ -57,45 +56,29 @@ def read_samples(path: str) -> list[dict]:
 
 def data_reference(config: ml_collections.ConfigDict, tokenizer, n: int) -> list[list[int]]:
   """n real rows of the model's length that training never saw, each cut at its first end-of-text."""
-  d = config.data
-  seq_len = config.model.seq_len
-  if d.source.startswith("hf:"):
-    docs = pipeline.load_documents(d.source, split=config.eval.data_split)
-    docs = [docs[i] for i in range(min(len(docs), 4 * n))]
-    rows = pipeline.tokenize_documents(docs, tokenizer, seq_len, d.pack, pipeline.CorpusStats())[:n]
-  else:
-    _, held = train.corpus_rows(config, tokenizer, pipeline.CorpusStats())
-    if not len(held):
-      raise ValueError("the data reference needs held-out rows: set data.holdout > 0 for files:/synthetic sources")
-    rows = held[:n]
-  return decode.truncate_at_eos(rows, tokenizer.eos_token_id)
+  return decode.truncate_at_eos(build.corpus(config).heldout_rows(tokenizer, n), tokenizer.eos_token_id)
 
 
 @functools.lru_cache(maxsize=2)
-def _training_documents(source: str, synthetic_docs: int, holdout: int, seed: int) -> frozenset:
-  return frozenset(d.strip() for d in train.split_corpus(source, synthetic_docs, holdout, seed)[0])
-
-
-def training_documents(config) -> frozenset:
+def training_documents(corpus: corpus_lib.Corpus) -> frozenset:
   """The stories training saw (stripped): copy_rate compares against these, not against held-out ones."""
-  d = config.data
-  return _training_documents(d.source, d.get("synthetic_docs", 0), d.holdout, config.seed)
+  return frozenset(d.strip() for d in corpus.documents("train"))
 
 
 def check_packages(config: ml_collections.ConfigDict) -> None:
   """Fails before any work when the config asks for a metric whose package is not installed (eval.mauve)."""
   if config.eval.mauve:
-    metrics_lib.require_mauve()
+    text_metrics.require_mauve()
 
 
 def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
   texts = [tokenizer.decode(t) for t in token_lists]
-  result = metrics_lib.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples,
+  result = text_metrics.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples,
                                     seq_len=config.model.seq_len)
   if config.data.source == "synthetic":  # The grammar can check the text itself.
     from driftjax.data import synthetic
     result["grammatical_rate"] = float(np.mean([synthetic.grammatical_rate(t) for t in texts]))
-    result["copy_rate"] = synthetic.copy_rate(texts, training_documents(config))
+    result["copy_rate"] = synthetic.copy_rate(texts, training_documents(build.corpus(config)))
   return result
 
 
@@ -130,7 +113,8 @@ def plot_frontier(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str | None = None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, samples_path: str | None = None) -> dict:
+  """Scores DIR's newest samples file (or eval.samples_file, or samples_path) with its reference rows."""
   e = config.eval
   check_packages(config)
   path = samples_path or e.samples_file or latest_samples(workdir)
@@ -159,9 +143,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str 
   ref = result["reference"]
   for row, tok in ((result, tokenizer), (ref["data"], tokenizer), (ref["ar"], eval_tok)):
     row["token_unit"] = f"tokens of {tok.name_or_path}"
-  if e.mauve:  # The samples against the data reference, on the evaluator's features (see metrics.py).
-    result["mauve"] = metrics_lib.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
-                                              [tokenizer.decode(t) for t in data_rows])
+  if e.mauve:  # The samples against the data reference, on the evaluator's features (see text_metrics.py).
+    result["mauve"] = text_metrics.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
+                                               [tokenizer.decode(t) for t in data_rows])
     result["mauve_features"] = f"{eval_name} (last token, final layer norm)"
   if sweep is not None:
     result["sweep"] = sweep
@@ -180,15 +164,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, samples_path: str 
 
 def temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok) -> dict:
   e, s = config.eval, config.sample
-  spec = train.state_spec(config, encoder, tokenizer)
-  params, _ = sample_lib.restore_params(config, workdir, spec, step)
-  table = encoder.wte[...][: len(tokenizer)]
+  gen = sampler_lib.load(config, workdir, step, encoder, tokenizer)
   out = {}
   for t in e.sweep_temperatures:
-    ids, _ = sample_lib.generate(spec.graphdef, params, spec.cfg.gen, table, s.n_samples, s.batch,
-                                 jax.random.key(s.seed), metric=s.metric, temperature=float(t), top_k=s.top_k)
+    ids, _ = gen.generate(s.n_samples, jax.random.key(s.seed), temperature=float(t), top_k=s.top_k)
     toks = decode.truncate_at_eos(ids, tokenizer.eos_token_id)
     texts = [tokenizer.decode(x) for x in toks]
-    out[f"{float(t):g}"] = {"gen_ppl": metrics_lib.gen_ppl(evaluator, eval_tok, texts),
-                            "entropy": metrics_lib.mean_entropy(toks)}
+    out[f"{float(t):g}"] = {"gen_ppl": text_metrics.gen_ppl(evaluator, eval_tok, texts),
+                            "entropy": text_metrics.mean_entropy(toks)}
   return out

@@ -1,5 +1,6 @@
 """Dispatch from a mode name to the library call that runs it."""
 
+import importlib
 import os
 
 from absl import logging
@@ -8,6 +9,8 @@ import ml_collections
 
 from driftjax import files
 from driftjax import run_config
+
+
 
 MODES = ("train", "sample", "eval", "describe", "pretrain_encoder", "toy2d", "demo")
 
@@ -33,6 +36,13 @@ def maybe_initialize_distributed() -> None:
     logging.info("single host: jax.distributed not initialized")
 
 
+# Each mode's module exposes run(config, workdir); imported only when that mode runs (toy2d needs no
+# transformers, describe no data or checkpoints).
+_MODULES = {"train": "driftjax.train", "sample": "driftjax.sample", "eval": "driftjax.evaluate",
+            "describe": "driftjax.describe", "pretrain_encoder": "driftjax.pretrain", "toy2d": "driftjax.toy2d",
+            "demo": "driftjax.demo"}
+
+
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str) -> None:
   """Runs `mode`; config None (no --config): sample and eval read the run's DIR/config.json."""
   if mode not in MODES:
@@ -40,24 +50,4 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str) -> No
   config = run_config.resolve(config, workdir, mode)  # Before anything is written.
   if mode != "describe":  # Fail before any work if results could not be written.
     files.check_writable_dir(workdir)
-  if mode == "train":
-    from driftjax import train
-    train.train(config, workdir)
-  elif mode == "sample":
-    from driftjax import sample
-    sample.sample(config, workdir)
-  elif mode == "eval":
-    from driftjax import evaluate
-    evaluate.evaluate(config, workdir)
-  elif mode == "pretrain_encoder":
-    from driftjax import pretrain
-    pretrain.pretrain_encoder(config, workdir)
-  elif mode == "describe":
-    from driftjax import describe
-    describe.run(config)
-  elif mode == "demo":
-    from driftjax import demo
-    demo.run(config, workdir)
-  elif mode == "toy2d":
-    from driftjax import toy2d
-    toy2d.run(config, workdir)
+  importlib.import_module(_MODULES[mode]).run(config, workdir)

@@ -90,19 +90,14 @@ def train_bpe(docs: Sequence[str], vocab_size: int, out_dir: str):
   return tok_lib.load_tokenizer(out_dir)
 
 
-def pretrain_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains and saves the LM unless DIR/<pretrain.out_dir> already holds one; returns that folder."""
   p = config.pretrain
   out = os.path.join(workdir, p.out_dir)
   if os.path.exists(os.path.join(out, "model.safetensors")):
     logging.info("pretrained encoder found in %s: reused", out)
     return out
-  d = config.data
-  if d.source.startswith("hf:"):
-    docs = pipeline.load_documents(d.source, split=d.split)
-  else:  # The generator's training split: the held-out stories (the data reference) stay unseen.
-    from driftjax import train
-    docs = train.corpus_documents(config)[0]
+  docs = build.corpus(config).documents("train")  # The held-out stories (the data reference) stay unseen.
   docs = [docs[i] for i in range(min(len(docs), p.docs))] if p.docs else list(docs)
   staging = out + ".partial"  # Written aside, renamed when complete: a killed run leaves no half encoder.
   if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:

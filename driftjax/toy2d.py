@@ -157,7 +157,6 @@ def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.Fie
     ema = optax.incremental_update(params, ema, 1.0 - cfg.ema_decay)
     return params, opt_state, ema, loss, aux["raw_drift_norm"]
 
-  eval_noise = k_eval
   target_eval = sample_target(k_target, cfg.eval_samples)
   # The floor: the metric between independent draws of the target, averaged over a few pairs (one pair's
   # value varies by tens of percent).
@@ -166,7 +165,7 @@ def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.Fie
   floor = float(np.mean(floors))
   snap_steps = sorted({int(round(f * cfg.steps)) for f in cfg.snapshot_fractions})
   snapshots = {}
-  init_samples = generate(params, eval_noise, cfg.eval_samples)
+  init_samples = generate(params, k_eval, cfg.eval_samples)
   result = {"init": energy_distance(init_samples, target_eval), "floor": floor, "floor_std": float(np.std(floors))}
   if collapsed:
     result["init_mode_shares"] = mode_shares(init_samples)
@@ -175,11 +174,11 @@ def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.Fie
   for i in range(cfg.steps):
     params, opt_state, ema, loss, raw = step(params, opt_state, ema, jax.random.fold_in(k_train, i))
     if i + 1 in snap_steps:
-      snapshots[i + 1] = np.asarray(generate(ema, eval_noise, cfg.plot_samples))
+      snapshots[i + 1] = np.asarray(generate(ema, k_eval, cfg.plot_samples))
     if (i + 1) % cfg.log_every == 0:
       logging.info("toy2d %s step %d loss %.4f raw drift norm %s", name, i + 1, float(loss),
                    np.round(np.asarray(raw), 4).tolist())
-  final_samples = generate(ema, eval_noise, cfg.eval_samples)
+  final_samples = generate(ema, k_eval, cfg.eval_samples)
   result["final"] = energy_distance(final_samples, target_eval)
   result["final_over_floor"] = result["final"] / floor
   result["init_over_final"] = result["init"] / result["final"]

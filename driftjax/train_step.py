@@ -18,6 +18,7 @@ from flax import nnx
 
 from driftjax.drift import features as feat_lib
 from driftjax.drift import field as field_lib
+from driftjax.drift import losses as losses_lib
 from driftjax.models import generator as gen_lib
 
 Array = jax.Array
@@ -75,51 +76,14 @@ def init_state(key: Array, graphdef_fn, tx: optax.GradientTransformation, cfg: S
   }
 
 
-def feature_dict(encoder, emb: Array | None, ids: Array | None, cfg: StepConfig,
-                 key: Array | None = None) -> dict[str, Array]:
-  """Pooled features {'<layer>/<pooling>': (B, P, C)} of embeddings (generated) or ids (real).
-
-  `key` feeds random poolings (the port's 'flat32'); pass the same key for generated and real features.
-  """
+def feature_dict(encoder, emb: Array | None, ids: Array | None, cfg: StepConfig) -> dict[str, Array]:
+  """Pooled features {'<layer>/<pooling>': (B, P, C)} of embeddings (generated) or ids (real)."""
   raw = emb if emb is not None else encoder.embed(ids)
   out = encoder(inputs_embeds=raw, hidden_layers=cfg.layers)
   hidden = {f"h{i}": h.astype(jnp.float32) for i, h in out["hidden"].items()}
   if cfg.raw:
     hidden = {"raw": raw.astype(jnp.float32), **hidden}
-  return feat_lib.pool_features(hidden, cfg.poolings, key=key)
-
-
-def drift_losses(gen_feats, pos_feats, pos_weights, cfg: StepConfig):
-  """Sum over feature keys of the drift loss; per-key losses, scales and raw drift norms for metrics.
-
-  Keys whose grouped features share a shape (e.g. one pooling of several layers) are stacked and computed by
-  one vmapped field call: the same per-key results (each key keeps its own scale), fewer and larger kernels.
-  """
-  by_shape: dict[tuple, list[str]] = {}
-  grouped = {}
-  for name in gen_feats:
-    x = feat_lib.to_groups(gen_feats[name], cfg.groups)
-    grouped[name] = (x, feat_lib.to_groups(pos_feats[name], cfg.groups))
-    by_shape.setdefault(grouped[name][0].shape + grouped[name][1].shape, []).append(name)
-
-  def one(x, y):
-    sub = x.shape[0] // cfg.groups
-    w = jnp.repeat(pos_weights, sub, axis=0)  # (G, M) -> (G * P, M), as to_groups lays out groups.
-    loss, aux = field_lib.drift_loss(x, y, pos_weights=w, config=cfg.field)
-    return loss, aux["scale"], aux["raw_drift_norm"]
-
-  total, metrics = 0.0, {}
-  for names in by_shape.values():
-    xs = jnp.stack([grouped[n][0] for n in names])
-    ys = jnp.stack([grouped[n][1] for n in names])
-    losses, scales, norms = jax.vmap(one)(xs, ys)
-    total = total + jnp.sum(losses)
-    for i, name in enumerate(names):
-      metrics[f"loss/{name}"] = losses[i]
-      metrics[f"scale/{name}"] = scales[i]
-      for j, t in enumerate(cfg.field.temperatures):
-        metrics[f"raw_drift_norm/{name}/T{t:g}"] = norms[i, j]
-  return total, metrics
+  return feat_lib.pool_features(hidden, cfg.poolings)
 
 
 def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_graphdef, cfg: StepConfig,
@@ -135,14 +99,14 @@ def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_g
   if cfg.queue_size:
     pos_ids = jnp.concatenate([fresh, state["queue"]], axis=1)
     pos_w = jnp.concatenate([pos_w, state["queue_filled"]], axis=1)
-  pool_key = jax.random.fold_in(step_key, 1)
-  pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg, pool_key))
+  pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg))
 
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
 
   def loss_fn(params):
     emb = gen_lib.to_embeddings(nnx.merge(graphdef, params)(noise, style), table, cfg.gen)
-    loss, metrics = drift_losses(feature_dict(encoder, emb, None, cfg, pool_key), pos_feats, pos_w, cfg)
+    loss, metrics = losses_lib.drift_losses(feature_dict(encoder, emb, None, cfg), pos_feats, pos_w, cfg.groups,
+                                            cfg.field)
     return loss, metrics
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])

@@ -1,6 +1,6 @@
 """Bad input fails fast with a message naming the cause and writes nothing partial; unusual input is handled.
 
-Each case runs the real entry (train.train, sample/eval, the tokenizer loader or main.py) and checks the whole
+Each case runs the real entry (train.run, sample/eval, the tokenizer loader or main.py) and checks the whole
 message. Errors raised before training starts leave no checkpoint behind.
 """
 
@@ -46,14 +46,14 @@ def nothing_written(workdir) -> bool:
 def test_empty_or_whitespace_corpus(tmp_path, text):
   workdir = str(tmp_path / "run")
   with pytest.raises(ValueError, match=re.escape("the corpus has no non-empty document")):
-    train.train(tiny(tmp_path, text), workdir)
+    train.run(tiny(tmp_path, text), workdir)
   assert nothing_written(workdir)
 
 
 def test_invalid_utf8(tmp_path):
   workdir = str(tmp_path / "run")
   with pytest.raises(ValueError, match=re.escape(f"{tmp_path}/corpus.txt is not valid UTF-8 (byte 11")):
-    train.train(tiny(tmp_path, b"Once upon.\n\xff\xfe a time\n"), workdir)
+    train.run(tiny(tmp_path, b"Once upon.\n\xff\xfe a time\n"), workdir)
   assert nothing_written(workdir)
 
 
@@ -62,7 +62,8 @@ def test_unusual_input_is_handled_and_counted(tmp_path):
   text = "\n<|endoftext|>\n".join(["A short story.", "   ", long_story] + ["Another story here."] * 6)
   config = tiny(tmp_path, text)
   stats = pipeline.CorpusStats()
-  rows, _ = train.corpus_rows(config, tok_lib.load_tokenizer("gpt2"), stats)
+  docs = build.corpus(config).documents("train")
+  rows = pipeline.tokenize_documents(docs, tok_lib.load_tokenizer("gpt2"), config.model.seq_len, False, stats)
   assert stats.empty_skipped == 1 and stats.truncated == 1 and len(rows) == 8
   assert "skipped 1 empty, truncated 1 longer than seq_len" in pipeline.describe_stats(stats)
 
@@ -72,7 +73,7 @@ def test_seq_len_beyond_encoder_positions(tmp_path):
   config.model.seq_len = 128  # The smoke encoder has 64 positions.
   workdir = str(tmp_path / "run")
   with pytest.raises(ValueError, match=re.escape("model.seq_len=128 exceeds the encoder's 64 positions")):
-    train.train(config, workdir)
+    train.run(config, workdir)
   assert nothing_written(workdir)
 
 
@@ -84,22 +85,22 @@ def test_tokenizer_folder_without_merges(tmp_path):
   config.encoder.tokenizer = str(folder)
   workdir = str(tmp_path / "run")
   with pytest.raises(FileNotFoundError, match=re.escape(f"tokenizer folder {folder} lacks merges.txt")):
-    train.train(config, workdir)
+    train.run(config, workdir)
   assert nothing_written(workdir)
 
 
 def test_checkpoint_from_a_different_model_size(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train(tiny(tmp_path), workdir)
+  train.run(tiny(tmp_path), workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   bigger = tiny(tmp_path)
   bigger.model.width = 128
   with pytest.raises(ValueError, match=re.escape(
       f"the checkpoints in {workdir} were written for a different model: model.width=64 there, 128 here. "
       "Use another --workdir, or the settings it was trained with.")):
-    train.train(bigger, workdir)
+    train.run(bigger, workdir)
   with pytest.raises(ValueError, match=re.escape("model.width=64 there, 128 here")):
-    sample.sample(bigger, workdir)
+    sample.run(bigger, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # Nothing moved or deleted.
   assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
 
@@ -137,7 +138,7 @@ def test_evaluator_whose_vocabulary_differs(tmp_path):
                                                  "tokenizer has 50257 tokens: they do not belong together")):
     build.load_evaluator(config, workdir, encoder, tokenizer)
   with pytest.raises(ValueError, match=re.escape(f"evaluator {evaluator_dir!r} has 300 token embeddings")):
-    evaluate.evaluate(config, workdir, samples_path=_one_sample_file(tmp_path))
+    evaluate.run(config, workdir, samples_path=_one_sample_file(tmp_path))
 
 
 def _one_sample_file(tmp_path) -> str:

@@ -44,3 +44,46 @@ def test_describe_mode_prints_one_json_object(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   info = json.loads(proc.stdout)
   assert {"generator_params", "encoder_params", "seq_len", "global_batch", "train_flops_per_step"} <= set(info)
+
+
+def test_field_flops_match_the_actual_feature_shapes():
+  """describe's field FLOPs against a count from the features the step really computes (real arrays)."""
+  import jax
+  import jax.numpy as jnp
+  from driftjax import train_state
+  from driftjax import train_step
+  from driftjax.drift import features
+  from driftjax.models import gpt2
+  config = default_config.get_config()
+  config.encoder.name = TINY
+  config.model.seq_len = 32
+  config.drift.layers = (1, 3)
+  config.drift.poolings = ("pos", "mean", "win4_std", "win16_mean", "flat")
+  config.data.groups, config.data.n_gen, config.data.n_pos, config.data.queue_size = 2, 3, 4, 5
+  encoder = gpt2.load_gpt2(TINY)
+  cfg = train_state.step_config(config, encoder.cfg.n_embd, encoder.cfg.vocab_size)
+  d, n_temps = config.data, len(config.drift.temperatures)
+  real = jnp.zeros((d.groups * (d.n_pos + d.queue_size), config.model.seq_len), jnp.int32)
+  gen = encoder.embed(jnp.zeros((d.groups * d.n_gen, config.model.seq_len), jnp.int32))
+  pos_feats = train_step.feature_dict(encoder, None, real, cfg)
+  gen_feats = train_step.feature_dict(encoder, gen, None, cfg)
+  expected = 0
+  for key in gen_feats:
+    x = features.to_groups(gen_feats[key], d.groups)  # (G * P, N, C)
+    y = features.to_groups(pos_feats[key], d.groups)  # (G * P, M, C)
+    groups, n, c = x.shape
+    expected += groups * n * (n + y.shape[1]) * c * 2 * (1 + n_temps)
+  info = describe.describe(config)
+  assert info["train_flops_by_part"]["field"] == expected
+  assert info["feature_shapes"]["h1/flat"] == [1, 32 * encoder.cfg.n_embd]  # All positions in one vector.
+  assert info["feature_keys"] == 3 * 5 and jax.tree.leaves(gen_feats)
+
+
+def test_demo_config_counts_flat_features_whole():
+  from configs import demo as demo_config
+  config = demo_config.get_config()
+  info = describe.describe(config)  # No pretrained encoder yet: its shape comes from config.pretrain.
+  width = config.model.seq_len * config.pretrain.n_embd
+  assert info["feature_shapes"] == {k: [1, width] for k in ("raw/flat", "h1/flat", "h2/flat")}
+  d = config.data
+  assert info["train_flops_by_part"]["field"] == 3 * d.n_gen * (d.n_gen + d.n_pos) * width * 2 * 4

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from driftjax import build
+from driftjax import checkpoint
 from driftjax import train
+from driftjax import train_state
 from train_test import params_of, saved_steps, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +48,7 @@ def _uninterrupted(tmp_path_factory):
   if "params" not in _FULL:
     config = tiny_config(total_steps=6)
     config.train.checkpoint_every = 2
-    _FULL["params"] = params_of(train.train(config, str(tmp_path_factory.mktemp("full")))["state"])
+    _FULL["params"] = params_of(train.run(config, str(tmp_path_factory.mktemp("full")))["state"])
   return _FULL["params"]
 
 
@@ -57,11 +59,11 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, tmp_path
   full_params = _uninterrupted(tmp_path_factory)
   run = tmp_path / "run"
   config.train.stop_after_steps = 4
-  train.train(config, str(run))
+  train.run(config, str(run))
   assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
   assert _damage(str(run / "checkpoints" / "4"), how) > 0
   config.train.stop_after_steps = 0
-  resumed = train.train(config, str(run))
+  resumed = train.run(config, str(run))
   assert "checkpoint step 4 in" in caplog.text and "could not be restored" in caplog.text
   assert resumed["history"][0]["step"] == 3  # It went on from step 2.
   chex.assert_trees_all_close(params_of(resumed["state"]), full_params, atol=1e-6)
@@ -106,15 +108,15 @@ def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_result(tmp_path)
   assert saved_steps(workdir)[-1] == 10
   # The uninterrupted run, in this process with the same settings.
   from configs import smoke
-  from driftjax import sample
   config = smoke.get_config()
   config.drift.layers, config.drift.poolings = (2,), ("pos", "mean", "win4_std")
   config.data.n_gen = config.data.n_pos = config.data.queue_size = 8
   config.optim.warmup_steps, config.optim.total_steps = 2, 10
   config.train.async_checkpoints, config.train.checkpoint_every = False, 5
-  full = train.train(config, str(tmp_path / "full"))
+  full = train.run(config, str(tmp_path / "full"))
   encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir)
-  spec = train.state_spec(config, encoder, tokenizer)
-  params, step = sample.restore_params(config, workdir, spec, use_ema=False)
+  spec = train_state.generator_spec(config, encoder, tokenizer)
+  restored, step = checkpoint.restore(workdir, {"params": spec.abstract_params})
+  params = restored["params"]
   assert step == 10
   chex.assert_trees_all_close(jax.device_get(params), params_of(full["state"]), atol=1e-6)

@@ -49,10 +49,8 @@ def test_pool_features_shapes_and_names():
   chex.assert_shape(out["h3/win4_std"], (6, 8, 5))
   chex.assert_shape(out["h3/win16_mean"], (6, 2, 5))
   chex.assert_shape(out["h3/rms"], (6, 1, 5))
-  # Port ablations.
-  port = features.pool_features({"raw": h}, ("mean_std_concat", "flat32"), key=jax.random.key(1))
-  chex.assert_shape(port["raw/mean_std_concat"], (6, 1, 10))
-  chex.assert_shape(port["raw/flat32"], (6, 1, 32 * 5))
+  with pytest.raises(ValueError, match="unknown pooling 'flat32'"):  # Removed port ablations are errors.
+    features.pool_features({"raw": h}, ("flat32",))
 
 
 def test_to_groups_layout():

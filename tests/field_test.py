@@ -193,8 +193,6 @@ def test_ablation_variants_run_and_differ(softmax, norm):
   v, aux = jax.jit(lambda a, b: field.drift_field(a, b, config=cfg))(x, pos)
   chex.assert_shape(v, x.shape)
   chex.assert_tree_all_finite((v, aux))
-  if norm == "after_sum":
-    np.testing.assert_allclose(float(jnp.mean(v ** 2)), 1.0, rtol=1e-4)
   if (softmax, norm) != ("double", "per_temperature"):
     assert float(jnp.abs(v - _field(x, pos)[0]).max()) > 1e-3
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from driftjax import metrics
+from driftjax import text_metrics
 from driftjax import pretrain
-from driftjax import train
+from driftjax import build
 from driftjax.data import synthetic
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
@@ -21,7 +21,7 @@ def test_pretrain_encoder_writes_hf_folder_and_is_reused(tmp_path):
   p = config.pretrain
   p.docs, p.bpe_vocab_size, p.n_layer, p.n_embd, p.n_head = 300, 400, 1, 32, 2
   p.seq_len, p.steps, p.batch, p.lr, p.log_every = 32, 60, 16, 3e-3, 0
-  out = pretrain.pretrain_encoder(config, str(tmp_path))
+  out = pretrain.run(config, str(tmp_path))
   assert sorted(os.listdir(out)) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
   tok = tok_lib.load_tokenizer(out)
   model = gpt2.load_gpt2(out)
@@ -30,9 +30,9 @@ def test_pretrain_encoder_writes_hf_folder_and_is_reused(tmp_path):
   held = synthetic.generate_stories(8, seed=99)
   rng = np.random.default_rng(0)
   shuffled = [tok.decode(rng.permutation(tok.encode(t)).tolist()) for t in held]
-  assert metrics.gen_ppl(model, tok, held) < 0.5 * metrics.gen_ppl(model, tok, shuffled)
+  assert text_metrics.gen_ppl(model, tok, held) < 0.5 * text_metrics.gen_ppl(model, tok, shuffled)
   mtime = os.path.getmtime(os.path.join(out, "model.safetensors"))
-  assert pretrain.pretrain_encoder(config, str(tmp_path)) == out  # Reused, not retrained.
+  assert pretrain.run(config, str(tmp_path)) == out  # Reused, not retrained.
   assert os.path.getmtime(os.path.join(out, "model.safetensors")) == mtime
 
 
@@ -48,8 +48,9 @@ def test_pretraining_never_sees_the_held_out_stories(tmp_path, monkeypatch):
 
   monkeypatch.setattr(pretrain, "train_lm", fake_train_lm)
   with pytest.raises(RuntimeError, match="stop here"):
-    pretrain.pretrain_encoder(config, str(tmp_path))
-  train_docs, held = train.corpus_documents(config)
+    pretrain.run(config, str(tmp_path))
+  corpus = build.corpus(config)
+  train_docs, held = corpus.documents("train"), corpus.documents("heldout")
   assert len(seen) == 40 and set(seen) == set(train_docs) and not set(seen) & set(held)
   assert not os.path.exists(tmp_path / "encoder")  # Nothing half-written where the encoder goes.
 
@@ -59,7 +60,7 @@ def test_pretrained_tokenizer_needs_a_bpe(tmp_path):
   config.data.source, config.data.synthetic_docs = "synthetic", 20
   config.encoder.tokenizer = "pretrained"
   with pytest.raises(ValueError, match="encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0"):
-    pretrain.pretrain_encoder(config, str(tmp_path))
+    pretrain.run(config, str(tmp_path))
 
 
 def test_document_rows_start_stories_and_weigh_no_padding():

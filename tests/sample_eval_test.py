@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
   config.sample.batch = 8
   config.eval.sweep_temperatures = (0.5, 2.0)
   config.eval.mauve = True  # 12 samples make a meaningless MAUVE (2 buckets), but the whole path runs.
-  train.train(config, workdir)
+  train.run(config, workdir)
   return config, workdir
 
 
@@ -45,13 +45,13 @@ def test_periodic_eval_is_logged(trained):
 
 def test_sample_then_eval(trained):
   config, workdir = trained
-  path = sample.sample(config, workdir)
+  path = sample.run(config, workdir)
   assert path.endswith(os.path.join("samples", "step_6.jsonl"))
   with open(path) as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == 12 and all({"text", "token_ids"} <= set(r) for r in rows)
   assert all(len(r["token_ids"]) <= config.model.seq_len for r in rows)
-  result = evaluate.evaluate(config, workdir)
+  result = evaluate.run(config, workdir)
   for row in (result, result["reference"]["data"], result["reference"]["ar"]):
     for key in ("gen_ppl", "entropy", "distinct_1", "distinct_2", "distinct_3", "self_bleu"):
       assert math.isfinite(row[key]), (key, row)
@@ -73,13 +73,13 @@ def test_eval_with_mauve_but_without_the_package_fails_first(trained, monkeypatc
   config, workdir = trained
   monkeypatch.setitem(sys.modules, "mauve", None)  # `import mauve` now raises ImportError.
   with pytest.raises(ImportError, match=r"eval\.mauve=True needs the mauve-text package: pip install -e '\.\[eval\]'"):
-    evaluate.evaluate(config, workdir, samples_path=os.path.join(workdir, "no_such_file.jsonl"))
+    evaluate.run(config, workdir, samples_path=os.path.join(workdir, "no_such_file.jsonl"))
 
 
 def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
   config = tiny_config()
   with pytest.raises(FileNotFoundError, match="no checkpoints in .*checkpoints: train first"):
-    sample.sample(config, str(tmp_path))
+    sample.run(config, str(tmp_path))
 
 
 def test_sample_of_missing_step_is_a_clear_error(trained):
@@ -87,7 +87,7 @@ def test_sample_of_missing_step_is_a_clear_error(trained):
   config = config.copy_and_resolve_references()
   config.sample.step = 4
   with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 4 .* \(have \[3, 6\]\)"):
-    sample.sample(config, workdir)
+    sample.run(config, workdir)
 
 
 def test_eval_errors(tmp_path):
@@ -129,7 +129,7 @@ def test_api_samples_like_the_sample_mode_and_compiles_once(trained):
   assert gen.step == 6
   texts = gen.sample(config.sample.n_samples, seed=config.sample.seed)
   assert isinstance(texts, list) and all(isinstance(t, str) for t in texts)
-  with open(sample.sample(config, workdir)) as f:  # The same generator, noise and decoding as --mode=sample.
+  with open(sample.run(config, workdir)) as f:  # The same generator, noise and decoding as --mode=sample.
     assert texts == [json.loads(line)["text"] for line in f]
   compiles = []
   listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None

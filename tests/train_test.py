@@ -44,12 +44,12 @@ def params_of(state):
 
 def test_resumed_run_equals_uninterrupted(tmp_path):
   config = tiny_config(total_steps=6)
-  full = train.train(config, str(tmp_path / "full"))
+  full = train.run(config, str(tmp_path / "full"))
   config.train.stop_after_steps = 4
-  first = train.train(config, str(tmp_path / "split"))
+  first = train.run(config, str(tmp_path / "split"))
   assert first["step"] == 4
   config.train.stop_after_steps = 0
-  second = train.train(config, str(tmp_path / "split"))
+  second = train.run(config, str(tmp_path / "split"))
   assert second["step"] == 6
   losses_full = [h["loss"] for h in full["history"]]
   losses_split = [h["loss"] for h in first["history"] + second["history"]]
@@ -75,7 +75,7 @@ def test_checkpoint_round_trip(tmp_path):
   ckpt.save(mngr, 1, state, trainer.data_iter, force=True)
   expected_next = np.asarray(next(trainer.data_iter))
   abstract = trainer.spec.abstract()
-  restored, step = ckpt.restore_latest(mngr, abstract, trainer.data_iter)
+  restored, step = ckpt.restore(str(tmp_path), abstract, data_iter=trainer.data_iter, mngr=mngr)
   assert step == 1
   chex.assert_trees_all_close(jax.device_get(restored), jax.device_get(state))
   np.testing.assert_array_equal(np.asarray(next(trainer.data_iter)), expected_next)  # Data position too.
@@ -125,7 +125,7 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
   config = tiny_config()
   config.data.source = f"files:{tmp_path}/nothing*.txt"
   with pytest.raises(FileNotFoundError, match="nothing\\*.txt matches no file"):
-    train.train(config, str(tmp_path / "run"))
+    train.run(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
@@ -187,9 +187,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   trainer.step_fn = step_that_blows_up
   with pytest.raises(train.NonFiniteLossError, match=r"loss is nan at step 5: stopping; the last good "
                                                      r"checkpoint \(step 3\)"):
-    train.train(config, str(tmp_path), trainer=trainer)
+    train.run(config, str(tmp_path), trainer=trainer)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
   # It restores: a fresh run resumes from it.
   config.train.stop_after_steps = 1
-  resumed = train.train(config, str(tmp_path))
+  resumed = train.run(config, str(tmp_path))
   assert resumed["history"][0]["step"] == 4

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-POOLINGS = ("pos", "mean", "std", "win4_mean", "win4_std", "win16_mean", "win16_std", "rms", "flat",
-            "mean_std_concat", "flat32")
+POOLINGS = ("pos", "mean", "std", "win4_mean", "win4_std", "win16_mean", "win16_std", "rms", "flat")
 
 
 def _check(h: Array, mask: Array | None) -> Array:
@@ -94,23 +93,6 @@ def whole_sequence(h: Array, mask: Array | None = None) -> Array:
   return per_position(h, mask).reshape(b, 1, length * c)
 
 
-# The earlier port's poolings, kept for ablations only.
-
-
-def mean_std_concat(h: Array, mask: Array | None = None) -> Array:
-  """Port ablation: global mean and std concatenated into one feature, (B, 1, 2C)."""
-  return jnp.concatenate([global_mean(h, mask), global_std(h, mask)], axis=-1)
-
-
-def flat_random_positions(h: Array, mask: Array | None = None, *, key: Array,
-                          num: int = 32) -> Array:
-  """Port ablation: `num` random positions (shared by the batch) flattened into one vector, (B, 1, num*C)."""
-  m = _check(h, mask)
-  b, length, c = h.shape
-  idx = jax.random.choice(key, length, (min(num, length),), replace=False)
-  return (h * m[..., None])[:, idx].reshape(b, 1, -1)
-
-
 _POOL_FNS: Mapping[str, Callable[..., Array]] = {
     "pos": per_position,
     "mean": global_mean,
@@ -121,31 +103,18 @@ _POOL_FNS: Mapping[str, Callable[..., Array]] = {
     "win16_std": lambda h, m: window_std(h, m, 16),
     "rms": channel_rms,
     "flat": whole_sequence,
-    "mean_std_concat": mean_std_concat,
 }
 
 
-def pool_features(
-    hidden: Mapping[str, Array],
-    poolings: Sequence[str],
-    mask: Array | None = None,
-    key: Array | None = None,
-) -> dict[str, Array]:
-  """All configured poolings of every hidden-state entry: {'<name>/<pooling>': (B, P, C')}.
-
-  'flat32' (a port ablation) needs `key`; the same key must be used for generated and real features.
-  """
+def pool_features(hidden: Mapping[str, Array], poolings: Sequence[str],
+                  mask: Array | None = None) -> dict[str, Array]:
+  """All configured poolings of every hidden-state entry: {'<name>/<pooling>': (B, P, C')}."""
   out = {}
   for name, h in hidden.items():
     for pool in poolings:
-      if pool == "flat32":
-        if key is None:
-          raise ValueError("pooling 'flat32' needs a PRNG key")
-        out[f"{name}/{pool}"] = flat_random_positions(h, mask, key=key, num=32)
-      elif pool in _POOL_FNS:
-        out[f"{name}/{pool}"] = _POOL_FNS[pool](h, mask)
-      else:
+      if pool not in _POOL_FNS:
         raise ValueError(f"unknown pooling {pool!r}; expected one of {POOLINGS}")
+      out[f"{name}/{pool}"] = _POOL_FNS[pool](h, mask)
   return out
 
 

@@ -7,8 +7,8 @@ shared by all groups of one call (one call = one feature key).
 
 Defaults follow the paper: plain L2 distances with a safe sqrt, one stop-gradient scale per key, self mask,
 temperatures (0.02, 0.05, 0.2) in units of the mean distance, the double softmax computed exactly in log
-space with the cross-weighting, and a normalization of each temperature's field before the sum. The earlier
-PyTorch port's variants are kept only as switches for ablations (``softmax``, ``drift_norm``,
+space with the cross-weighting, and a normalization of each temperature's field before the sum. Variants
+that docs/demo.md measures are kept as switches for ablations (``softmax``, ``drift_norm``,
 ``temperature_units``).
 """
 
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-SOFTMAX_MODES = ("double", "double_floor", "cols", "separate", "none")
-DRIFT_NORMS = ("per_temperature", "after_sum", "none")
+SOFTMAX_MODES = ("double", "double_floor", "cols")
+DRIFT_NORMS = ("per_temperature", "none")
 TEMPERATURE_UNITS = ("mean_distance", "feature")
 
 
@@ -35,10 +35,9 @@ class FieldConfig:
     temperatures: kernel temperatures R; logits are -d / (s * R) (see ``temperature_units``).
     softmax: 'double' (paper: sqrt of the column- and row-softmax product, exact in log space),
       'double_floor' (authors' public code: the product clipped at 1e-6 before the sqrt),
-      'cols' (softmax over columns only), 'separate' (port: positives and negatives each softmaxed on
-      their own, no cross-weighting), 'none' (plain exp kernel).
-    drift_norm: 'per_temperature' (paper: each V_R scaled to E||V_R||^2 / C = 1, then summed),
-      'after_sum' (port: one normalization of the sum), 'none' (port: raw sum).
+      'cols' (softmax over columns only).
+    drift_norm: 'per_temperature' (paper: each V_R scaled to E||V_R||^2 / C = 1, then summed) or 'none'
+      (port: raw sum).
     temperature_units: 'mean_distance' (paper: R is relative to the mean distance s) or 'feature'
       (port: R is in normalized feature units, i.e. not multiplied by sqrt(C)).
     self_mask: added to d_ii (generated vs itself) in units of the mean distance s (the paper's code adds 100
@@ -114,22 +113,15 @@ def _kernel(logits: Array, log_w: Array, n_neg: int, mode: str) -> tuple[Array, 
   normalizer over columns and multiplies the entry, and leaves the normalizer over rows unchanged.
   """
   w = jnp.exp(log_w)[:, None, :]
-  if mode == "separate":
-    a_neg = jax.nn.softmax(logits[..., :n_neg] + log_w[:, None, :n_neg], axis=-1)
-    a_pos = jax.nn.softmax(logits[..., n_neg:] + log_w[:, None, n_neg:], axis=-1)
-    return a_neg, a_pos
-  if mode == "none":
-    a = jnp.exp(logits) * w
+  log_cols = logits - jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
+  if mode == "cols":
+    a = jnp.exp(log_cols) * w
   else:
-    log_cols = logits - jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
-    if mode == "cols":
-      a = jnp.exp(log_cols) * w
-    else:
-      log_rows = jax.nn.log_softmax(logits, axis=-2)
-      if mode == "double":
-        a = jnp.exp(0.5 * (log_cols + log_rows)) * w
-      else:  # double_floor: the authors' public code clips the product before the sqrt.
-        a = jnp.sqrt(jnp.maximum(jnp.exp(log_cols + log_rows), 1e-6)) * w
+    log_rows = jax.nn.log_softmax(logits, axis=-2)
+    if mode == "double":
+      a = jnp.exp(0.5 * (log_cols + log_rows)) * w
+    else:  # double_floor: the authors' public code clips the product before the sqrt.
+      a = jnp.sqrt(jnp.maximum(jnp.exp(log_cols + log_rows), 1e-6)) * w
   a_neg, a_pos = a[..., :n_neg], a[..., n_neg:]
   # Cross-weighting: attraction is scaled by the total repulsion of the row and vice versa.
   w_pos = a_pos * jnp.sum(a_neg, -1, keepdims=True)
@@ -230,8 +222,6 @@ def drift_field(
       v = v / jnp.maximum(raw, 1e-12)
     fields.append(v)
   v = sum(fields)
-  if config.drift_norm == "after_sum":
-    v = v / jnp.maximum(_rms(v), 1e-12)
   aux = {"scale": scale, "raw_drift_norm": jnp.stack(raw_norms)}
   return jax.lax.stop_gradient(v), aux
 

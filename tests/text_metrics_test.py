@@ -10,34 +10,34 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from driftjax import metrics
+from driftjax import text_metrics
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
 
 
 def test_unigram_entropy_by_hand():
-  assert metrics.unigram_entropy([5, 5, 5, 5]) == 0.0
-  assert metrics.unigram_entropy([1, 2]) == pytest.approx(math.log(2))
-  assert metrics.unigram_entropy([1, 2, 3, 4]) == pytest.approx(math.log(4))
+  assert text_metrics.unigram_entropy([5, 5, 5, 5]) == 0.0
+  assert text_metrics.unigram_entropy([1, 2]) == pytest.approx(math.log(2))
+  assert text_metrics.unigram_entropy([1, 2, 3, 4]) == pytest.approx(math.log(4))
   # p = (1/2, 1/4, 1/4): H = 1.5 log 2.
-  assert metrics.unigram_entropy([7, 7, 8, 9]) == pytest.approx(1.5 * math.log(2))
-  assert metrics.mean_entropy([[1, 2], [3, 3]]) == pytest.approx(math.log(2) / 2)
+  assert text_metrics.unigram_entropy([7, 7, 8, 9]) == pytest.approx(1.5 * math.log(2))
+  assert text_metrics.mean_entropy([[1, 2], [3, 3]]) == pytest.approx(math.log(2) / 2)
 
 
 def test_distinct_n_by_hand():
   samples = [[1, 2, 1, 2], [1, 2, 3]]
-  assert metrics.distinct_n(samples, 1) == pytest.approx(3 / 7)
+  assert text_metrics.distinct_n(samples, 1) == pytest.approx(3 / 7)
   # Bigrams: (1,2) (2,1) (1,2) | (1,2) (2,3): unique 3 of 5.
-  assert metrics.distinct_n(samples, 2) == pytest.approx(3 / 5)
-  assert metrics.distinct_n(samples, 3) == pytest.approx(3 / 3)
-  assert metrics.distinct_n([[1]], 2) == 0.0
+  assert text_metrics.distinct_n(samples, 2) == pytest.approx(3 / 5)
+  assert text_metrics.distinct_n(samples, 3) == pytest.approx(3 / 3)
+  assert text_metrics.distinct_n([[1]], 2) == 0.0
 
 
 def test_self_bleu_identical_is_one_and_disjoint_is_low():
   same = [[1, 2, 3, 4, 5, 6]] * 4
-  assert metrics.self_bleu(same) == pytest.approx(1.0)
+  assert text_metrics.self_bleu(same) == pytest.approx(1.0)
   disjoint = [[10 * i + j for j in range(6)] for i in range(4)]
-  assert metrics.self_bleu(disjoint) < 0.05
+  assert text_metrics.self_bleu(disjoint) < 0.05
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_perplexity_of_a_known_lm(unigram_lm):
   # Scored tokens: every text token and the end-of-text after it.
   scored = [tok.encode(t) + [tok.eos_token_id] for t in texts]
   expected = math.exp(-np.mean([logp[i] for ids in scored for i in ids]))
-  assert metrics.gen_ppl(unigram_lm, tok, texts, batch=1) == pytest.approx(expected, rel=1e-4)
+  assert text_metrics.gen_ppl(unigram_lm, tok, texts, batch=1) == pytest.approx(expected, rel=1e-4)
 
 
 def jax_log_softmax(x):
@@ -67,7 +67,7 @@ def jax_log_softmax(x):
 
 def test_evaluator_rows_mask_up_to_first_eos():
   tok = tok_lib.load_tokenizer("gpt2")
-  ids, mask = metrics.evaluator_rows(["a b", "a b c d"], tok, max_len=64)
+  ids, mask = text_metrics.evaluator_rows(["a b", "a b c d"], tok, max_len=64)
   eos = tok.eos_token_id
   assert ids[0, 0] == eos and ids[0, 1:3].tolist() == tok.encode("a b") and ids[0, 3] == eos
   assert mask[0].tolist() == [0, 1, 1, 1, 0, 0]  # Text tokens and the first end-of-text; nothing after.
@@ -86,7 +86,7 @@ def test_real_text_scores_lower_than_shuffled(tmp_path):
   real = stories[:3]
   rng = np.random.default_rng(0)
   shuffled = [tok.decode(rng.permutation(tok.encode(t)).tolist()) for t in real]
-  assert metrics.gen_ppl(model, tok, real) < 0.5 * metrics.gen_ppl(model, tok, shuffled)
+  assert text_metrics.gen_ppl(model, tok, real) < 0.5 * text_metrics.gen_ppl(model, tok, shuffled)
 
 
 TINY_GPT2 = os.path.join(os.path.dirname(__file__), "testdata", "tiny_gpt2")
@@ -100,21 +100,21 @@ def test_mauve_batched_features_equal_per_text_unpadded_features():
   # to 8 and 32 (twice, the last with 3 empty rows).
   lengths = [32, 5, 1, 17, 9, 2, 16, 5, 9]
   rows = [rng.integers(0, 512, size=n).tolist() for n in lengths]
-  batched = metrics.mauve_features(model, rows, batch=4)
+  batched = text_metrics.mauve_features(model, rows, batch=4)
   graphdef, state = nnx.split(model)
   n_layer = model.cfg.n_layer
   alone = jax.jit(lambda ids: nnx.merge(graphdef, state)(input_ids=ids, hidden_layers=(n_layer,))["hidden"][n_layer])
   for row, feat in zip(rows, batched):
     np.testing.assert_allclose(feat, np.asarray(alone(jnp.asarray([row]))[0, -1]), atol=1e-5, rtol=0)
   with pytest.raises(ValueError, match="a row of 33 tokens exceeds the evaluator's 32 positions"):
-    metrics.mauve_features(model, [[1] * 33])
+    text_metrics.mauve_features(model, [[1] * 33])
 
 
 def test_mauve_token_rows_tokenize_as_mauve_text():
   """No end-of-text prefix, empty texts dropped, the first max_tokens tokens kept."""
   tok = tok_lib.load_tokenizer("gpt2")
   long = "Once upon a time there was a cat who liked to sit in the sun all day long."
-  rows = metrics.mauve_token_rows(["Hello world", "", long], tok, max_tokens=8)
+  rows = text_metrics.mauve_token_rows(["Hello world", "", long], tok, max_tokens=8)
   assert rows == [tok.encode("Hello world"), tok.encode(long)[:8]]
   assert rows[0][0] != tok.eos_token_id and len(tok.encode(long)) > 8
 
@@ -126,19 +126,19 @@ def test_mauve_of_a_set_against_itself_is_one_and_against_another_is_lower():
   rng = np.random.default_rng(0)
 
   def random_rows(n=40):
-    return metrics.mauve_features(model, [rng.integers(0, 512, size=rng.integers(4, 16)).tolist() for _ in range(n)])
+    return text_metrics.mauve_features(model, [rng.integers(0, 512, size=rng.integers(4, 16)).tolist() for _ in range(n)])
 
   p, p_again = random_rows(), random_rows()
-  collapsed = metrics.mauve_features(model, [[7] * int(rng.integers(4, 16)) for _ in range(40)])
-  same = metrics.mauve_from_features(p, p, seed=1)  # 40 + 40 features: 4 buckets.
-  fresh = metrics.mauve_from_features(p, p_again, seed=1)
-  other = metrics.mauve_from_features(p, collapsed, seed=1)
+  collapsed = text_metrics.mauve_features(model, [[7] * int(rng.integers(4, 16)) for _ in range(40)])
+  same = text_metrics.mauve_from_features(p, p, seed=1)  # 40 + 40 features: 4 buckets.
+  fresh = text_metrics.mauve_from_features(p, p_again, seed=1)
+  other = text_metrics.mauve_from_features(p, collapsed, seed=1)
   assert same == pytest.approx(1.0, abs=1e-6)
   assert fresh > 0.8 and other < 0.1, (fresh, other)  # Here 0.94 and 0.007.
-  assert metrics.mauve_from_features(p, collapsed, seed=1) == other  # The seed fixes k-means: it repeats.
+  assert text_metrics.mauve_from_features(p, collapsed, seed=1) == other  # The seed fixes k-means: it repeats.
 
 
 def test_mauve_without_the_package_says_how_to_get_it(monkeypatch):
   monkeypatch.setitem(sys.modules, "mauve", None)  # `import mauve` now raises ImportError.
   with pytest.raises(ImportError, match=r"pip install -e '\.\[eval\]' \(or set --config\.eval\.mauve=False\)"):
-    metrics.require_mauve()
+    text_metrics.require_mauve()
