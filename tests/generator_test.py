@@ -128,3 +128,20 @@ def test_bad_head_settings_are_errors():
     make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "logits"}))
   with pytest.raises(ValueError, match="head='vocab' needs vocab_size > 0"):
     make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "vocab"}))
+
+
+def einsum_attention(attn: gen.Attention, x):
+  """The attention as written before jax.nn.dot_product_attention: the reference the library must match."""
+  q, k, v = attn.qkv_heads(x)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(attn.head_dim)
+  probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+  return attn.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape))
+
+
+def test_attention_equals_einsum_reference():
+  model = make()
+  x = 3 * jax.random.normal(jax.random.key(10), (2, 16, 32))  # Large enough for peaked attention rows.
+  for block in model.blocks:
+    chex.assert_trees_all_close(jax.jit(block.attn.__call__)(x), einsum_attention(block.attn, x), atol=1e-5,
+                                rtol=1e-5)
+

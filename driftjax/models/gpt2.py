@@ -107,11 +107,7 @@ class Block(nnx.Module):
     hd = d // self.n_head
     q, k, v = jnp.split(self.c_attn(self.ln_1(x)), 3, axis=-1)
     q, k, v = (t.reshape(b, length, self.n_head, hd) for t in (q, k, v))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(hd)
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, length, d)
+    attn = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, length, d)
     x = x + self.attn_proj(attn)
     return x + self.mlp_proj(_ACTIVATIONS[self.act](self.c_fc(self.ln_2(x))))
 
@@ -123,10 +119,11 @@ def _block_step(block: Block, x: Array, k_cache: Array, v_cache: Array, pos: Arr
   q, k, v = (t.reshape(b, 1, block.n_head, hd) for t in jnp.split(block.c_attn(block.ln_1(x)), 3, axis=-1))
   k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
   v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_cache).astype(jnp.float32) / np.sqrt(hd)
-  logits = jnp.where(jnp.arange(k_cache.shape[1]) <= pos, logits, jnp.finfo(jnp.float32).min)
-  attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1).astype(x.dtype), v_cache).reshape(b, 1, d)
-  x = x + block.attn_proj(attn)
+  # The query sees cache slots 0 .. pos (those written so far): a per-row key length, not a causal mask
+  # (the single query sits at position pos, not at 0).
+  filled = jnp.full((b,), pos + 1, jnp.int32)
+  attn = jax.nn.dot_product_attention(q.astype(k_cache.dtype), k_cache, v_cache, key_value_seq_lengths=filled)
+  x = x + block.attn_proj(attn.reshape(b, 1, d))
   return x + block.mlp_proj(_ACTIVATIONS[block.act](block.c_fc(block.ln_2(x)))), k_cache, v_cache
 
 
