@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from driftjax.models import remat as remat_lib
+
 Array = jax.Array
 
 
@@ -40,6 +42,7 @@ class GeneratorConfig:
   head: str = "embedding"  # "embedding" | "vocab" (see the module docstring).
   vocab_size: int = 0  # Tokens the vocab head chooses among (the tokenizer's); needed by head="vocab".
   vocab_mode: str = "soft"  # head="vocab": "soft" | "straight_through".
+  remat: bool = False  # Recompute each block's activations in the backward pass (less memory, more compute).
 
   @property
   def mlp_hidden(self) -> int:
@@ -184,7 +187,7 @@ class Generator(nnx.Module):
     style = self.style(style_ids)
     x = self.noise_in(noise.astype(self.dtype)) + self.pos[...].astype(self.dtype)[None]
     for block in self.blocks:
-      x = block(x, style)
+      x = remat_lib.call(block, x, style, remat=cfg.remat)
     shift, scale = jnp.split(self.final_ada(jax.nn.silu(style))[:, None, :], 2, axis=-1)
     return self.out(rms_norm(x) * (1 + scale) + shift).astype(jnp.float32)
 

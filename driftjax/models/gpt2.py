@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from driftjax.models import remat as remat_lib
+
 Array = jax.Array
 
 
@@ -130,9 +132,12 @@ def _block_step(block: Block, x: Array, k_cache: Array, v_cache: Array, pos: Arr
 class GPT2(nnx.Module):
   """GPT-2 LM with tied embeddings."""
 
-  def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
+    """remat: recompute each block's activations in the backward pass instead of keeping them (the frozen
+    encoder is differentiated through generated rows in training: its activations dominate the step's memory)."""
     self.cfg = cfg
     self.dtype = dtype
+    self.remat = remat
     self.wte = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.n_embd)))
     self.wpe = nnx.Param(0.01 * jax.random.normal(rngs.params(), (cfg.n_positions, cfg.n_embd)))
     self.h = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
@@ -176,7 +181,7 @@ class GPT2(nnx.Module):
       hidden[0] = x
     last = self.cfg.n_layer if logits else max(wanted, default=0)
     for i in range(min(last, self.cfg.n_layer)):
-      x = self.h[i](x)
+      x = remat_lib.call(self.h[i], x, remat=self.remat)
       if i + 1 == self.cfg.n_layer:
         x = self.ln_f(x)  # HF's hidden_states[n_layer] is after the final norm.
       if i + 1 in wanted:
@@ -263,8 +268,9 @@ _BLOCK_NAMES = {  # HF name inside h.{i} -> (module attribute, parameter).
 }
 
 
-def load_gpt2(name_or_path: str, dtype=jnp.float32) -> GPT2:
-  """A GPT-2 with weights from a local HF folder or a hub name; every weight must be present."""
+def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False) -> GPT2:
+  """A GPT-2 with weights from a local HF folder or a hub name; every weight must be present (remat: see
+  GPT2)."""
   from safetensors.numpy import load_file
 
   path = _resolve(name_or_path)
@@ -277,7 +283,7 @@ def load_gpt2(name_or_path: str, dtype=jnp.float32) -> GPT2:
   except Exception as e:
     raise ValueError(f"unreadable weights file {weights_file}: {e}") from e
   tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-  model = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+  model = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0), dtype=dtype, remat=remat))
 
   def take(name, target):
     if name not in tensors:
