@@ -6,6 +6,8 @@ Each part runs in its own subprocess, in this order, each with a time cap inside
 (--deadline_s): a part that fails or runs out of time prints its error and leaves the others; its peak memory
 is its own process's.
   peak      bf16 matmul 8192^3 (--matmul_n), median of 20 after a warm-up: the MFU denominator.
+  attention cuDNN's fused attention (driftjax/models/attention.py picks it on GPU in bf16) against XLA's at the
+            generator's shapes: relative difference of outputs and gradients, forward + backward time.
   train     configs/default.py: the 130M DiT generator and a random GPT-2-small-shaped encoder (written to a
             temporary folder, benchmarks/train_step.py's measure_config), model.dtype = encoder.dtype = bfloat16,
             batch 1x(64+64), seq 256, data.source=synthetic (3,000 stories, holdout 0: data content does not
@@ -44,7 +46,7 @@ from benchmarks import train_step as train_bench  # noqa: E402
 
 # (part, time cap in seconds): sampling before remat-on, so that the costlier last part is the one a tight
 # deadline cuts.
-PARTS = (("peak", 60), ("train_off", 170), ("sampling", 120), ("train_on", 170))
+PARTS = (("peak", 60), ("attention", 60), ("train_off", 170), ("sampling", 120), ("train_on", 170))
 
 
 def shrink(config) -> None:
@@ -79,11 +81,45 @@ def sampling_config(dry_run: bool):
   return config
 
 
+def attention_check(dry_run: bool) -> dict:
+  """cuDNN's fused attention against XLA's at the default generator's shapes (bf16, B=64, L=256, 12 heads of
+  64): the relative difference of outputs and gradients, and forward + backward time of each. On a device
+  without cuDNN only the XLA row is measured."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from benchmarks import common
+  from driftjax.models import attention
+  shape = (4, 32, 4, 16) if dry_run else (64, 256, 12, 64)
+  ks = jax.random.split(jax.random.key(0), 4)
+  q, k, v, g = (jax.random.normal(key, shape, jnp.bfloat16) for key in ks)
+  impls = ["xla"] + (["cudnn"] if attention.implementation(jnp.bfloat16, shape[-1]) == "cudnn" else [])
+  out = {"shape": list(shape), "auto": attention.implementation(jnp.bfloat16, shape[-1])}
+  for causal in (False, True):
+    ref = None
+    for impl in impls:
+      def loss(q, k, v, impl=impl):
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
+        return jnp.sum(o.astype(jnp.float32) * g.astype(jnp.float32)), o
+      f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+      (_, o), grads = f(q, k, v)
+      vals = [np.asarray(x, np.float32) for x in (o, *grads)]
+      row = {"fwd_bwd_ms": 1e3 * common.timed(f, q, k, v, reps=20)}
+      if ref is None:
+        ref = vals
+      else:
+        row["max_rel_diff_vs_xla"] = float(max(np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(vals, ref)))
+      out[f"{'causal' if causal else 'bidirectional'}/{impl}"] = row
+  return out
+
+
 def run_part(part: str, args) -> dict:
   """In the child process: one part's figures."""
   if part == "peak":
     n = 256 if args.dry_run else args.matmul_n
     return {"peak_flops": train_bench.matmul_peak("bfloat16", n=n, reps=20), "n": n}
+  if part == "attention":
+    return attention_check(args.dry_run)
   if part.startswith("train_"):
     return train_bench.measure_config(train_config(part == "train_on", args.dry_run), steps=args.steps)
   if part == "sampling":
@@ -111,7 +147,7 @@ def report(results: dict, errors: dict, matmul_n: int) -> None:
   seq = next((r["seq_len"] for r in (off, results.get("train_on")) if r), "?")
   print(f"train step, default config, bf16, batch {batch}, seq {seq}:")
   print("remat | step_s | gen_tokens_per_s | xla_tflop_per_step | tflop_per_s | mfu | mfu_model | peak_device_gib"
-        " | peak_rss_gib | compile_s")
+        " | peak_rss_gib | compile_s | cudnn_attention_calls")
   for name in ("off", "on"):
     r = results.get(f"train_{name}")
     if not r:
@@ -121,9 +157,17 @@ def report(results: dict, errors: dict, matmul_n: int) -> None:
     mfu_model = off["xla_flops"] / r["step_s"] / peak if peak and off else None
     print(f"{name} | {r['step_s']:.4f} | {r['gen_tokens_per_s']:.0f} | {r['xla_flops'] / 1e12:.2f} | "
           f"{r['flops_per_s'] / 1e12:.1f} | {fmt(mfu, '.1%')} | {fmt(mfu_model, '.1%')} | "
-          f"{r['peak_device_gib']:.2f} | {r['peak_rss_gib']:.2f} | {r['compile_s']:.1f}")
+          f"{r['peak_device_gib']:.2f} | {r['peak_rss_gib']:.2f} | {r['compile_s']:.1f} | "
+          f"{r['fused_attention_calls']}")
   print("(mfu: XLA's FLOPs of the compiled step, recomputation included, over step time and the matmul peak;"
         "\n mfu_model: the remat-off step's FLOPs over this row's step time, i.e. useful work only)")
+  att = results.get("attention", {})
+  print(f"attention, bf16 {att.get('shape', '?')}, fwd+bwd (the models use: {att.get('auto', '?')}):")
+  print("mask | implementation | ms | rel. diff of outputs and gradients vs xla")
+  for name, r in att.items():
+    if "/" in name:
+      print(f"{name.split('/')[0]} | {name.split('/')[1]} | {r['fwd_bwd_ms']:.3f} | "
+            f"{fmt(r.get('max_rel_diff_vs_xla'), '.2e')}")
   sampling = results.get("sampling", {})
   print(f"sampling, bf16, {sampling.get('length', '?')} tokens (median s per batch):")
   print("batch | one_step_s | autoregressive_s | speedup")

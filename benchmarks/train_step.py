@@ -85,6 +85,7 @@ def measure_config(config, steps: int) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0))
+    fused_attention = compiled.as_text().count("cudnn$fmha")  # cuDNN attention calls (XLA counts no FLOPs there).
     state, metrics = compiled(state, batch, trainer.enc_state)  # Warm-up.
     jax.block_until_ready(metrics)
     times = []
@@ -103,7 +104,8 @@ def measure_config(config, steps: int) -> dict:
             "seq_len": config.model.seq_len, "step_s": step_s, "steps_per_s": 1 / step_s,
             "gen_tokens_per_s": tokens / step_s, "xla_flops": flops, "flops_per_s": flops / step_s,
             "compile_s": compile_s, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-            "peak_device_gib": stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30}
+            "peak_device_gib": stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30,
+            "fused_attention_calls": fused_attention}
 
 
 def main():

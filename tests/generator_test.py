@@ -166,3 +166,14 @@ def test_remat_gives_same_outputs_and_gradients():
   # float32 rounding only (XLA fuses the recomputed forward differently): 1e-5 of the largest gradient.
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads_p))
   chex.assert_trees_all_close(grads_r, grads_p, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_attention_implementation_choice():
+  from driftjax.models import attention
+  assert attention.implementation(jnp.bfloat16, 64, backend="gpu") == "cudnn"
+  assert attention.implementation(jnp.float16, 128, backend="cuda") == "cudnn"
+  assert attention.implementation(jnp.float32, 64, backend="gpu") == "xla"  # cuDNN's kernel takes bf16/fp16.
+  assert attention.implementation(jnp.bfloat16, 60, backend="gpu") == "xla"  # Head width not a multiple of 8.
+  assert attention.implementation(jnp.bfloat16, 256, backend="gpu") == "xla"
+  assert attention.implementation(jnp.bfloat16, 64, backend="cpu") == "xla"
+  assert attention.implementation(jnp.bfloat16, 64, backend="tpu") == "xla"

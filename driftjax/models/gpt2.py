@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from driftjax.models import attention
 from driftjax.models import remat as remat_lib
 
 Array = jax.Array
@@ -109,7 +110,7 @@ class Block(nnx.Module):
     hd = d // self.n_head
     q, k, v = jnp.split(self.c_attn(self.ln_1(x)), 3, axis=-1)
     q, k, v = (t.reshape(b, length, self.n_head, hd) for t in (q, k, v))
-    attn = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, length, d)
+    attn = attention.attend(q, k, v, is_causal=True).reshape(b, length, d)
     x = x + self.attn_proj(attn)
     return x + self.mlp_proj(_ACTIVATIONS[self.act](self.c_fc(self.ln_2(x))))
 
@@ -124,6 +125,7 @@ def _block_step(block: Block, x: Array, k_cache: Array, v_cache: Array, pos: Arr
   # The query sees cache slots 0 .. pos (those written so far): a per-row key length, not a causal mask
   # (the single query sits at position pos, not at 0).
   filled = jnp.full((b,), pos + 1, jnp.int32)
+  # XLA path (implementation=None): one query per step reads the whole cache, a memory-bound product.
   attn = jax.nn.dot_product_attention(q.astype(k_cache.dtype), k_cache, v_cache, key_value_seq_lengths=filled)
   x = x + block.attn_proj(attn.reshape(b, 1, d))
   return x + block.mlp_proj(_ACTIVATIONS[block.act](block.c_fc(block.ln_2(x)))), k_cache, v_cache
