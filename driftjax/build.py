@@ -33,7 +33,7 @@ def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size
                                  mlp_ratio=m.mlp_ratio, noise_dim=m.noise_dim, out_dim=out_dim,
                                  style_tokens=m.style_tokens, style_codebook=m.style_codebook,
                                  pos_init_scale=m.pos_init_scale, dtype=m.dtype, head=m.head,
-                                 vocab_size=vocab_size, vocab_mode=m.vocab_mode)
+                                 vocab_size=vocab_size, vocab_mode=m.vocab_mode, remat=m.remat)
 
 
 def encoder_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -76,7 +76,7 @@ def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str, 
   tokenizer = tok_lib.load_tokenizer(tokenizer_path(config, workdir))
   if random and write and jax.process_index() == 0:
     write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
-  encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype))
+  encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype), remat=config.encoder.remat)
   if encoder.cfg.vocab_size < len(tokenizer):
     raise ValueError(f"encoder {path!r} has {encoder.cfg.vocab_size} token embeddings but tokenizer "
                      f"{tokenizer_path(config, workdir)!r} has {len(tokenizer)} tokens")

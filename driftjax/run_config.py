@@ -17,9 +17,9 @@ import ml_collections
 from driftjax import files
 
 FILENAME = "config.json"
-# Sections whose settings decide what the run's checkpoints and encoder are; compute dtypes may differ.
+# Sections whose settings decide what the run's checkpoints and encoder are; compute dtypes and remat may differ.
 MODEL_SECTIONS = ("model", "encoder")
-FREE_KEYS = ("model.dtype", "encoder.dtype")
+FREE_KEYS = ("model.dtype", "encoder.dtype", "model.remat", "encoder.remat")
 
 
 def path(workdir: str) -> str:

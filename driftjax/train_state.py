@@ -33,8 +33,8 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
 
 
 def model_signature(cfg: step_lib.StepConfig) -> dict:
-  """The settings that fix the shapes of the train state (the compute dtype does not)."""
-  gen = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.gen).items() if k != "dtype"}
+  """The settings that fix the shapes of the train state (the compute dtype and remat do not)."""
+  gen = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.gen).items() if k not in ("dtype", "remat")}
   return {**gen, "data.groups": cfg.groups, "data.queue_size": cfg.queue_size}
 
 

@@ -128,3 +128,52 @@ def test_bad_head_settings_are_errors():
     make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "logits"}))
   with pytest.raises(ValueError, match="head='vocab' needs vocab_size > 0"):
     make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "vocab"}))
+
+
+def einsum_attention(attn: gen.Attention, x):
+  """The attention as written before jax.nn.dot_product_attention: the reference the library must match."""
+  q, k, v = attn.qkv_heads(x)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(attn.head_dim)
+  probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+  return attn.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape))
+
+
+def test_attention_equals_einsum_reference():
+  model = make()
+  x = 3 * jax.random.normal(jax.random.key(10), (2, 16, 32))  # Large enough for peaked attention rows.
+  for block in model.blocks:
+    chex.assert_trees_all_close(jax.jit(block.attn.__call__)(x), einsum_attention(block.attn, x), atol=1e-5,
+                                rtol=1e-5)
+
+
+def test_remat_gives_same_outputs_and_gradients():
+  plain, remat = make(), make(gen.GeneratorConfig(**{**CFG.__dict__, "remat": True}))
+  graphdef_p, params = nnx.split(plain, nnx.Param)
+  graphdef_r, params_r = nnx.split(remat, nnx.Param)
+  chex.assert_trees_all_equal(params, params_r)  # Same seed, same parameters: remat adds none.
+  # Non-zero adaLN weights, so that every block's insides shape the output and its gradient.
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(11), p.shape), params)
+  noise, style = gen.sample_inputs(jax.random.key(12), 2, CFG)
+  target = jax.random.normal(jax.random.key(13), (2, 16, 24))
+
+  def loss(graphdef):
+    return jax.jit(jax.value_and_grad(
+        lambda p: jnp.mean((nnx.merge(graphdef, p)(noise, style) - target) ** 2)))
+
+  value_p, grads_p = loss(graphdef_p)(params)
+  value_r, grads_r = loss(graphdef_r)(params)
+  np.testing.assert_allclose(value_r, value_p, rtol=1e-6)
+  # float32 rounding only (XLA fuses the recomputed forward differently): 1e-5 of the largest gradient.
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads_p))
+  chex.assert_trees_all_close(grads_r, grads_p, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_attention_implementation_choice():
+  from driftjax.models import attention
+  assert attention.implementation(jnp.bfloat16, 64, backend="gpu") == "cudnn"
+  assert attention.implementation(jnp.float16, 128, backend="cuda") == "cudnn"
+  assert attention.implementation(jnp.float32, 64, backend="gpu") == "xla"  # cuDNN's kernel takes bf16/fp16.
+  assert attention.implementation(jnp.bfloat16, 60, backend="gpu") == "xla"  # Head width not a multiple of 8.
+  assert attention.implementation(jnp.bfloat16, 256, backend="gpu") == "xla"
+  assert attention.implementation(jnp.bfloat16, 64, backend="cpu") == "xla"
+  assert attention.implementation(jnp.bfloat16, 64, backend="tpu") == "xla"

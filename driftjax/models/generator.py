@@ -20,6 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from driftjax.models import attention
+from driftjax.models import remat as remat_lib
+
 Array = jax.Array
 
 
@@ -40,6 +43,7 @@ class GeneratorConfig:
   head: str = "embedding"  # "embedding" | "vocab" (see the module docstring).
   vocab_size: int = 0  # Tokens the vocab head chooses among (the tokenizer's); needed by head="vocab".
   vocab_mode: str = "soft"  # head="vocab": "soft" | "straight_through".
+  remat: bool = False  # Recompute each block's activations in the backward pass (less memory, more compute).
 
   @property
   def mlp_hidden(self) -> int:
@@ -110,9 +114,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     q, k, v = self.qkv_heads(x)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(self.head_dim)
-    probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)  # Bidirectional: the whole sequence at once.
-    return self.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape))
+    # Bidirectional (no mask): the whole sequence at once; cuDNN's fused kernel on GPU in bf16 (attention.py).
+    return self.out(attention.attend(q, k, v).reshape(x.shape))
 
 
 class SwiGLU(nnx.Module):
@@ -183,7 +186,7 @@ class Generator(nnx.Module):
     style = self.style(style_ids)
     x = self.noise_in(noise.astype(self.dtype)) + self.pos[...].astype(self.dtype)[None]
     for block in self.blocks:
-      x = block(x, style)
+      x = remat_lib.call(block, x, style, remat=cfg.remat)
     shift, scale = jnp.split(self.final_ada(jax.nn.silu(style))[:, None, :], 2, axis=-1)
     return self.out(rms_norm(x) * (1 + scale) + shift).astype(jnp.float32)
 

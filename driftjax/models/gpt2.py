@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from driftjax.models import attention
+from driftjax.models import remat as remat_lib
+
 Array = jax.Array
 
 
@@ -107,11 +110,7 @@ class Block(nnx.Module):
     hd = d // self.n_head
     q, k, v = jnp.split(self.c_attn(self.ln_1(x)), 3, axis=-1)
     q, k, v = (t.reshape(b, length, self.n_head, hd) for t in (q, k, v))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(hd)
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, length, d)
+    attn = attention.attend(q, k, v, is_causal=True).reshape(b, length, d)
     x = x + self.attn_proj(attn)
     return x + self.mlp_proj(_ACTIVATIONS[self.act](self.c_fc(self.ln_2(x))))
 
@@ -123,19 +122,24 @@ def _block_step(block: Block, x: Array, k_cache: Array, v_cache: Array, pos: Arr
   q, k, v = (t.reshape(b, 1, block.n_head, hd) for t in jnp.split(block.c_attn(block.ln_1(x)), 3, axis=-1))
   k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
   v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_cache).astype(jnp.float32) / np.sqrt(hd)
-  logits = jnp.where(jnp.arange(k_cache.shape[1]) <= pos, logits, jnp.finfo(jnp.float32).min)
-  attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1).astype(x.dtype), v_cache).reshape(b, 1, d)
-  x = x + block.attn_proj(attn)
+  # The query sees cache slots 0 .. pos (those written so far): a per-row key length, not a causal mask
+  # (the single query sits at position pos, not at 0).
+  filled = jnp.full((b,), pos + 1, jnp.int32)
+  # XLA path (implementation=None): one query per step reads the whole cache, a memory-bound product.
+  attn = jax.nn.dot_product_attention(q.astype(k_cache.dtype), k_cache, v_cache, key_value_seq_lengths=filled)
+  x = x + block.attn_proj(attn.reshape(b, 1, d))
   return x + block.mlp_proj(_ACTIVATIONS[block.act](block.c_fc(block.ln_2(x)))), k_cache, v_cache
 
 
 class GPT2(nnx.Module):
   """GPT-2 LM with tied embeddings."""
 
-  def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
+    """remat: recompute each block's activations in the backward pass instead of keeping them (the frozen
+    encoder is differentiated through generated rows in training: its activations dominate the step's memory)."""
     self.cfg = cfg
     self.dtype = dtype
+    self.remat = remat
     self.wte = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.n_embd)))
     self.wpe = nnx.Param(0.01 * jax.random.normal(rngs.params(), (cfg.n_positions, cfg.n_embd)))
     self.h = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
@@ -179,7 +183,7 @@ class GPT2(nnx.Module):
       hidden[0] = x
     last = self.cfg.n_layer if logits else max(wanted, default=0)
     for i in range(min(last, self.cfg.n_layer)):
-      x = self.h[i](x)
+      x = remat_lib.call(self.h[i], x, remat=self.remat)
       if i + 1 == self.cfg.n_layer:
         x = self.ln_f(x)  # HF's hidden_states[n_layer] is after the final norm.
       if i + 1 in wanted:
@@ -266,8 +270,9 @@ _BLOCK_NAMES = {  # HF name inside h.{i} -> (module attribute, parameter).
 }
 
 
-def load_gpt2(name_or_path: str, dtype=jnp.float32) -> GPT2:
-  """A GPT-2 with weights from a local HF folder or a hub name; every weight must be present."""
+def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False) -> GPT2:
+  """A GPT-2 with weights from a local HF folder or a hub name; every weight must be present (remat: see
+  GPT2)."""
   from safetensors.numpy import load_file
 
   path = _resolve(name_or_path)
@@ -280,7 +285,7 @@ def load_gpt2(name_or_path: str, dtype=jnp.float32) -> GPT2:
   except Exception as e:
     raise ValueError(f"unreadable weights file {weights_file}: {e}") from e
   tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-  model = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+  model = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0), dtype=dtype, remat=remat))
 
   def take(name, target):
     if name not in tensors:
