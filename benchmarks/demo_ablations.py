@@ -38,24 +38,24 @@ from driftjax.models import generator as gen_lib  # noqa: E402
 ALL_POOLS = ("pos", "mean", "std", "win4_mean", "win16_mean")
 # name -> config overrides on top of configs/demo.py.
 VARIANTS = {
-    "demo (flat kernel, straight-through)": {},
-    "flat, soft expected embedding": {"model.vocab_mode": "soft"},
-    "flat, embedding head (paper's output)": {"model.head": "embedding"},
-    "per-position + global poolings": {"drift.poolings": ALL_POOLS},
-    "per-position only": {"drift.poolings": ("pos",)},
-    "per-position, soft": {"drift.poolings": ("pos",), "model.vocab_mode": "soft"},
-    "flat + per-position + global": {"drift.poolings": ("flat",) + ALL_POOLS},
-    "flat, T=(0.02,)": {"drift.temperatures": (0.02,)},
-    "flat, T=(0.2,)": {"drift.temperatures": (0.2,)},
-    "flat, T=(0.05, 0.2, 0.5)": {"drift.temperatures": (0.05, 0.2, 0.5)},
-    "flat, port softmax double_floor": {"drift.softmax": "double_floor"},
-    "flat, port softmax cols": {"drift.softmax": "cols"},
-    "flat, no drift normalization": {"drift.drift_norm": "none"},
-    "flat, temperatures in feature units": {"drift.temperature_units": "feature"},
-    "flat, raw embeddings only": {"drift.layers": ()},
-    "flat, last layer only, no raw": {"drift.layers": (2,), "drift.raw": False},
-    "flat, 128 positives": {"data.n_pos": 128},
-    "flat, queue 64": {"data.queue_size": 64},
+  "demo (flat kernel, straight-through)": {},
+  "flat, soft expected embedding": {"model.vocab_mode": "soft"},
+  "flat, embedding head (paper's output)": {"model.head": "embedding"},
+  "per-position + global poolings": {"drift.poolings": ALL_POOLS},
+  "per-position only": {"drift.poolings": ("pos",)},
+  "per-position, soft": {"drift.poolings": ("pos",), "model.vocab_mode": "soft"},
+  "flat + per-position + global": {"drift.poolings": ("flat",) + ALL_POOLS},
+  "flat, T=(0.02,)": {"drift.temperatures": (0.02,)},
+  "flat, T=(0.2,)": {"drift.temperatures": (0.2,)},
+  "flat, T=(0.05, 0.2, 0.5)": {"drift.temperatures": (0.05, 0.2, 0.5)},
+  "flat, port softmax double_floor": {"drift.softmax": "double_floor"},
+  "flat, port softmax cols": {"drift.softmax": "cols"},
+  "flat, no drift normalization": {"drift.drift_norm": "none"},
+  "flat, temperatures in feature units": {"drift.temperature_units": "feature"},
+  "flat, raw embeddings only": {"drift.layers": ()},
+  "flat, last layer only, no raw": {"drift.layers": (2,), "drift.raw": False},
+  "flat, 128 positives": {"data.n_pos": 128},
+  "flat, queue 64": {"data.queue_size": 64},
 }
 
 
@@ -70,9 +70,12 @@ def scores(ids: np.ndarray, trainer) -> dict[str, float]:
   rows = decode.truncate_at_eos(ids, trainer.tokenizer.eos_token_id)
   texts = [trainer.tokenizer.decode(r) for r in rows]
   agree = np.mean([np.bincount(ids[:, p]).max() / len(ids) for p in range(ids.shape[1])])
-  return {"gen_ppl": text_metrics.gen_ppl(trainer.encoder, trainer.tokenizer, texts),
-          "grammatical_rate": float(np.mean([synthetic.grammatical_rate(t) for t in texts])),
-          "distinct_2": text_metrics.distinct_n(rows, 2), "agree": float(agree)}
+  return {
+    "gen_ppl": text_metrics.gen_ppl(trainer.encoder, trainer.tokenizer, texts),
+    "grammatical_rate": float(np.mean([synthetic.grammatical_rate(t) for t in texts])),
+    "distinct_2": text_metrics.distinct_n(rows, 2),
+    "agree": float(agree),
+  }
 
 
 def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1) -> np.ndarray:
@@ -91,8 +94,9 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1) -> np.ndarr
 
     def loss_fn(x):
       emb = gen_lib.to_embeddings(x, table, cfg.gen)
-      return losses_lib.drift_losses(step_lib.feature_dict(enc, emb, None, cfg), pos, jnp.ones((1, cfg.n_pos)),
-                                     cfg.groups, cfg.field)[0]
+      return losses_lib.drift_losses(
+        step_lib.feature_dict(enc, emb, None, cfg), pos, jnp.ones((1, cfg.n_pos)), cfg.groups, cfg.field
+      )[0]
 
     grads = jax.grad(loss_fn)(x)
     updates, opt = tx.update(grads, opt)
@@ -107,9 +111,14 @@ def run_generator(trainer, steps: int, n: int = 64) -> np.ndarray:
   state = trainer.init_state()
   for _ in range(steps):
     state, _ = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
-  gen = sampler_lib.Sampler(graphdef=trainer.graphdef, params=state["ema"], gen_cfg=trainer.cfg.gen,
-                            table=trainer.encoder.wte[...][: len(trainer.tokenizer)], tokenizer=trainer.tokenizer,
-                            batch=n)
+  gen = sampler_lib.Sampler(
+    graphdef=trainer.graphdef,
+    params=state["ema"],
+    gen_cfg=trainer.cfg.gen,
+    table=trainer.encoder.wte[...][: len(trainer.tokenizer)],
+    tokenizer=trainer.tokenizer,
+    batch=n,
+  )
   return gen.generate(n, jax.random.key(1))[0]
 
 
@@ -133,13 +142,19 @@ def main():
     if first is None:  # The data row: held-out stories, the same way.
       first = trainer
       r = scores(build.corpus(config).heldout_rows(trainer.tokenizer, 64), trainer)
-      print(f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
-            f"{r['distinct_2']:.3f} | {r['agree']:.3f} | |", flush=True)
+      print(
+        f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
+        f"{r['distinct_2']:.3f} | {r['agree']:.3f} | |",
+        flush=True,
+      )
     t0 = time.time()
     ids = (run_particles if args.kind == "particles" else run_generator)(trainer, args.steps)
     r = scores(ids, trainer)
-    print(f"| {name} | {r['gen_ppl']:.3g} | {r['grammatical_rate']:.3f} | {r['distinct_2']:.3f} | "
-          f"{r['agree']:.3f} | {time.time() - t0:.0f} |", flush=True)
+    print(
+      f"| {name} | {r['gen_ppl']:.3g} | {r['grammatical_rate']:.3f} | {r['distinct_2']:.3f} | "
+      f"{r['agree']:.3f} | {time.time() - t0:.0f} |",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

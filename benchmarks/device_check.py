@@ -90,6 +90,7 @@ def attention_check(dry_run: bool) -> dict:
   import numpy as np
   from benchmarks import common
   from driftjax.models import attention
+
   shape = (4, 32, 4, 16) if dry_run else (64, 256, 12, 64)
   ks = jax.random.split(jax.random.key(0), 4)
   q, k, v, g = (jax.random.normal(key, shape, jnp.bfloat16) for key in ks)
@@ -98,9 +99,11 @@ def attention_check(dry_run: bool) -> dict:
   for causal in (False, True):
     ref = None
     for impl in impls:
+
       def loss(q, k, v, impl=impl):
         o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
         return jnp.sum(o.astype(jnp.float32) * g.astype(jnp.float32)), o
+
       f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
       (_, o), grads = f(q, k, v)
       vals = [np.asarray(x, np.float32) for x in (o, *grads)]
@@ -124,10 +127,13 @@ def run_part(part: str, args) -> dict:
     return train_bench.measure_config(train_config(part == "train_on", args.dry_run), steps=args.steps)
   if part == "sampling":
     from benchmarks import sampling
+
     config = sampling_config(args.dry_run)
     batches = (1, 4) if args.dry_run else (1, 64)
-    return {"length": config.model.seq_len,
-            "batches": {str(b): r for b, r in sampling.measure(config, batches, reps=5).items()}}
+    return {
+      "length": config.model.seq_len,
+      "batches": {str(b): r for b, r in sampling.measure(config, batches, reps=5).items()},
+    }
   raise ValueError(f"unknown part {part!r}")
 
 
@@ -138,16 +144,21 @@ def fmt(x, spec: str) -> str:
 def report(results: dict, errors: dict, matmul_n: int) -> None:
   import flax
   import jax
+
   print(f"\n== device check: {jax.devices()[0].device_kind} (jax {jax.__version__}, flax {flax.__version__}) ==")
   peak = results.get("peak", {}).get("peak_flops")
-  print(f"bf16 matmul peak ({results.get('peak', {}).get('n', matmul_n)}^3, median of 20): "
-        f"{fmt(peak and peak / 1e12, '.1f')} TFLOP/s")
+  print(
+    f"bf16 matmul peak ({results.get('peak', {}).get('n', matmul_n)}^3, median of 20): "
+    f"{fmt(peak and peak / 1e12, '.1f')} TFLOP/s"
+  )
   off = results.get("train_off")
   batch = next((r["batch"] for r in (off, results.get("train_on")) if r), "?")
   seq = next((r["seq_len"] for r in (off, results.get("train_on")) if r), "?")
   print(f"train step, default config, bf16, batch {batch}, seq {seq}:")
-  print("remat | step_s | gen_tokens_per_s | xla_tflop_per_step | tflop_per_s | mfu | mfu_model | peak_device_gib"
-        " | peak_rss_gib | compile_s | cudnn_attention_calls")
+  print(
+    "remat | step_s | gen_tokens_per_s | xla_tflop_per_step | tflop_per_s | mfu | mfu_model | peak_device_gib"
+    " | peak_rss_gib | compile_s | cudnn_attention_calls"
+  )
   for name in ("off", "on"):
     r = results.get(f"train_{name}")
     if not r:
@@ -155,19 +166,25 @@ def report(results: dict, errors: dict, matmul_n: int) -> None:
       continue
     mfu = r["flops_per_s"] / peak if peak else None
     mfu_model = off["xla_flops"] / r["step_s"] / peak if peak and off else None
-    print(f"{name} | {r['step_s']:.4f} | {r['gen_tokens_per_s']:.0f} | {r['xla_flops'] / 1e12:.2f} | "
-          f"{r['flops_per_s'] / 1e12:.1f} | {fmt(mfu, '.1%')} | {fmt(mfu_model, '.1%')} | "
-          f"{r['peak_device_gib']:.2f} | {r['peak_rss_gib']:.2f} | {r['compile_s']:.1f} | "
-          f"{r['fused_attention_calls']}")
-  print("(mfu: XLA's FLOPs of the compiled step, recomputation included, over step time and the matmul peak;"
-        "\n mfu_model: the remat-off step's FLOPs over this row's step time, i.e. useful work only)")
+    print(
+      f"{name} | {r['step_s']:.4f} | {r['gen_tokens_per_s']:.0f} | {r['xla_flops'] / 1e12:.2f} | "
+      f"{r['flops_per_s'] / 1e12:.1f} | {fmt(mfu, '.1%')} | {fmt(mfu_model, '.1%')} | "
+      f"{r['peak_device_gib']:.2f} | {r['peak_rss_gib']:.2f} | {r['compile_s']:.1f} | "
+      f"{r['fused_attention_calls']}"
+    )
+  print(
+    "(mfu: XLA's FLOPs of the compiled step, recomputation included, over step time and the matmul peak;"
+    "\n mfu_model: the remat-off step's FLOPs over this row's step time, i.e. useful work only)"
+  )
   att = results.get("attention", {})
   print(f"attention, bf16 {att.get('shape', '?')}, fwd+bwd (the models use: {att.get('auto', '?')}):")
   print("mask | implementation | ms | rel. diff of outputs and gradients vs xla")
   for name, r in att.items():
     if "/" in name:
-      print(f"{name.split('/')[0]} | {name.split('/')[1]} | {r['fwd_bwd_ms']:.3f} | "
-            f"{fmt(r.get('max_rel_diff_vs_xla'), '.2e')}")
+      print(
+        f"{name.split('/')[0]} | {name.split('/')[1]} | {r['fwd_bwd_ms']:.3f} | "
+        f"{fmt(r.get('max_rel_diff_vs_xla'), '.2e')}"
+      )
   sampling = results.get("sampling", {})
   print(f"sampling, bf16, {sampling.get('length', '?')} tokens (median s per batch):")
   print("batch | one_step_s | autoregressive_s | speedup")
@@ -203,8 +220,9 @@ def main():
       proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=min(cap, left))
     except subprocess.TimeoutExpired as e:
       errors[part] = f"timed out after {min(cap, left):.0f} s"
-      print((e.stderr or b"")[-3000:].decode(errors="replace") if isinstance(e.stderr, bytes) else
-            (e.stderr or "")[-3000:])
+      print(
+        (e.stderr or b"")[-3000:].decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")[-3000:]
+      )
       continue
     print(f"   {time.time() - t:.1f} s, exit {proc.returncode}", flush=True)
     if proc.returncode or "RESULT" not in proc.stdout:

@@ -46,8 +46,9 @@ def field_scaling(reps: int) -> None:
     t = timed(grad, xs, ys, reps=reps)
     mem = grad.lower(xs, ys).compile().memory_analysis()
     scratch = getattr(mem, "temp_size_in_bytes", 0) / 1e6 if mem is not None else float("nan")
-    print(f"| {n} | {m} | {c} | {k} | {t * 1e3:.2f} | {scratch:.1f} | {t * 1e9 / (k * n * (n + m) * c):.3f} |",
-          flush=True)
+    print(
+      f"| {n} | {m} | {c} | {k} | {t * 1e3:.2f} | {scratch:.1f} | {t * 1e9 / (k * n * (n + m) * c):.3f} |", flush=True
+    )
 
 
 def step_parts(config_path: str, reps: int) -> None:
@@ -68,12 +69,18 @@ def step_parts(config_path: str, reps: int) -> None:
   w = jnp.ones((c.groups, c.n_pos))
 
   parts = {
-      "generator fwd+bwd": (jax.jit(jax.grad(lambda p: jnp.sum(gen_lib.to_embeddings(
-          nnx.merge(trainer.graphdef, p)(noise, style), table, c.gen)))), state["params"]),
-      "encoder on real rows": (jax.jit(lambda r: step_lib.feature_dict(enc, None, r, c)), real),
-      "encoder on generated fwd+bwd": (jax.jit(jax.grad(lambda e: sum(jnp.sum(v) for v in
-                                                                       step_lib.feature_dict(enc, e, None, c).values()))), emb),
-      "field fwd+bwd": (jax.jit(jax.grad(lambda g: step_lib.drift_losses(g, pos_feats, w, c)[0])), gen_feats),
+    "generator fwd+bwd": (
+      jax.jit(
+        jax.grad(lambda p: jnp.sum(gen_lib.to_embeddings(nnx.merge(trainer.graphdef, p)(noise, style), table, c.gen)))
+      ),
+      state["params"],
+    ),
+    "encoder on real rows": (jax.jit(lambda r: step_lib.feature_dict(enc, None, r, c)), real),
+    "encoder on generated fwd+bwd": (
+      jax.jit(jax.grad(lambda e: sum(jnp.sum(v) for v in step_lib.feature_dict(enc, e, None, c).values()))),
+      emb,
+    ),
+    "field fwd+bwd": (jax.jit(jax.grad(lambda g: step_lib.drift_losses(g, pos_feats, w, c)[0])), gen_feats),
   }
   carry = {"state": trainer.init_state()}  # The step donates its state: thread it through the calls.
 

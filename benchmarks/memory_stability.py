@@ -52,9 +52,18 @@ def main():
   parser.add_argument("--every", type=float, default=5.0)
   parser.add_argument("--extra", default="", help="more --config.x=y flags, space-separated")
   args = parser.parse_args()
-  cmd = [sys.executable, "-m", "driftjax.main", f"--config={args.config}", f"--workdir={args.workdir}",
-         "--mode=train", f"--config.optim.total_steps={args.steps}", "--config.train.log_every=10",
-         "--config.train.eval_every=0", *args.extra.split()]
+  cmd = [
+    sys.executable,
+    "-m",
+    "driftjax.main",
+    f"--config={args.config}",
+    f"--workdir={args.workdir}",
+    "--mode=train",
+    f"--config.optim.total_steps={args.steps}",
+    "--config.train.log_every=10",
+    "--config.train.eval_every=0",
+    *args.extra.split(),
+  ]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   metrics = os.path.join(args.workdir, "metrics.jsonl")
   curve = []
@@ -71,8 +80,9 @@ def main():
     print(f"training failed ({proc.returncode}):\n{err[-3000:]}")
     sys.exit(1)
   step, losses = last_step(metrics)
-  print(f"{args.config}: {step} steps, {len(losses)} logged losses, non-finite: "
-        f"{sum(not math.isfinite(x) for x in losses)}")
+  print(
+    f"{args.config}: {step} steps, {len(losses)} logged losses, non-finite: {sum(not math.isfinite(x) for x in losses)}"
+  )
   print("| step | RSS (MiB) |\n|---|---|")
   shown = set()
   for _, s, mem in curve:
@@ -84,9 +94,11 @@ def main():
   if len(logged) >= 2:
     (s0, m0), (s1, m1) = logged[0], logged[-1]
     half = [m for s, m in logged if s >= (s0 + s1) / 2]
-    print(f"RSS at step {s0}: {m0:.0f} MiB; at step {s1}: {m1:.0f} MiB; growth {m1 - m0:+.0f} MiB "
-          f"({(m1 - m0) / max(1, s1 - s0) * 1000:+.1f} MiB per 1,000 steps); second half min/max "
-          f"{min(half):.0f}/{max(half):.0f} MiB")
+    print(
+      f"RSS at step {s0}: {m0:.0f} MiB; at step {s1}: {m1:.0f} MiB; growth {m1 - m0:+.0f} MiB "
+      f"({(m1 - m0) / max(1, s1 - s0) * 1000:+.1f} MiB per 1,000 steps); second half min/max "
+      f"{min(half):.0f}/{max(half):.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def measure(config, batches, reps: int, log=print) -> dict[int, dict[str, float]
   length = gen_cfg.seq_len
   n_gen = sum(x.size for x in jax.tree.leaves(params))
   n_lm = sum(x.size for x in jax.tree.leaves(nnx.state(lm, nnx.Param)))
-  log(f"device {jax.devices()[0].device_kind}; length {length}; {config.model.dtype}; generator "
-      f"{n_gen / 1e6:.1f}M params, autoregressive GPT-2 {n_lm / 1e6:.1f}M params; median of {reps}")
+  log(
+    f"device {jax.devices()[0].device_kind}; length {length}; {config.model.dtype}; generator "
+    f"{n_gen / 1e6:.1f}M params, autoregressive GPT-2 {n_lm / 1e6:.1f}M params; median of {reps}"
+  )
   out = {}
   for batch in batches:
     noise, style = gen_lib.sample_inputs(jax.random.key(2), batch, gen_cfg)
@@ -57,8 +59,7 @@ def measure(config, batches, reps: int, log=print) -> dict[int, dict[str, float]
     t_one = common.timed(one_step, reps=reps)
     t_ar = common.timed(autoregressive, reps=reps)
     for name, t in (("one-step", t_one), ("autoregressive", t_ar)):
-      log(f"batch {batch:3d} {name:>15}: {t:8.3f} s  {batch / t:9.2f} samples/s  {batch * length / t:10.1f} "
-          "tokens/s")
+      log(f"batch {batch:3d} {name:>15}: {t:8.3f} s  {batch / t:9.2f} samples/s  {batch * length / t:10.1f} tokens/s")
     out[batch] = {"one_step_s": t_one, "ar_s": t_ar, "ratio": t_ar / t_one}
   return out
 
@@ -70,8 +71,10 @@ def main():
   parser.add_argument("--batches", default="1,64")
   args = parser.parse_args()
   results = measure(common.load_config(args.config), [int(b) for b in args.batches.split(",")], args.reps)
-  print("speed-up of one-step over autoregressive sampling: " +
-        ", ".join(f"batch {b}: {r['ratio']:.1f}x" for b, r in results.items()))
+  print(
+    "speed-up of one-step over autoregressive sampling: "
+    + ", ".join(f"batch {b}: {r['ratio']:.1f}x" for b, r in results.items())
+  )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from benchmarks import common  # noqa: E402
 def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
   import jax
   import jax.numpy as jnp
+
   dtype = jnp.dtype(dtype_name)
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
@@ -41,7 +42,7 @@ def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
     t = time.perf_counter()
     f(a, b).block_until_ready()
     times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / sorted(times)[len(times) // 2]
+  return 2 * n**3 / sorted(times)[len(times) // 2]
 
 
 def config_for(name: str, default_batch: int, remat: bool = False):
@@ -71,6 +72,7 @@ def measure_config(config, steps: int) -> dict:
   import jax
   import numpy as np
   from driftjax import train
+
   with tempfile.TemporaryDirectory() as workdir:
     if config.encoder.name == "pretrained":
       common.random_pretrained_encoder(config, workdir)
@@ -97,13 +99,20 @@ def measure_config(config, steps: int) -> dict:
     c = trainer.cfg
     tokens = c.groups * c.n_gen * config.model.seq_len
     stats = jax.devices()[0].memory_stats() or {}  # None on CPU.
-    return {"remat": "on" if config.model.remat else "off",
-            "batch": f"{c.groups}x({c.n_gen}+{c.n_pos}+q{c.queue_size})",
-            "seq_len": config.model.seq_len, "step_s": step_s, "steps_per_s": 1 / step_s,
-            "gen_tokens_per_s": tokens / step_s, "xla_flops": flops, "flops_per_s": flops / step_s,
-            "compile_s": compile_s, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-            "peak_device_gib": stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30,
-            "fused_attention_calls": fused_attention}
+    return {
+      "remat": "on" if config.model.remat else "off",
+      "batch": f"{c.groups}x({c.n_gen}+{c.n_pos}+q{c.queue_size})",
+      "seq_len": config.model.seq_len,
+      "step_s": step_s,
+      "steps_per_s": 1 / step_s,
+      "gen_tokens_per_s": tokens / step_s,
+      "xla_flops": flops,
+      "flops_per_s": flops / step_s,
+      "compile_s": compile_s,
+      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+      "peak_device_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+      "fused_attention_calls": fused_attention,
+    }
 
 
 def main():
@@ -120,12 +129,15 @@ def main():
     return
   import jax
   import numpy as np
+
   peaks32 = [matmul_peak("float32") for _ in range(args.runs)]
   peaks16 = [matmul_peak("bfloat16") for _ in range(args.runs)]
   peak32, peak16 = float(np.median(peaks32)), float(np.median(peaks16))
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; matmul peak (median of {args.runs}) "
-        f"float32 {peak32 / 1e9:.1f} GFLOP/s (range {min(peaks32) / 1e9:.1f}-{max(peaks32) / 1e9:.1f}), "
-        f"bfloat16 {peak16 / 1e9:.1f} GFLOP/s (range {min(peaks16) / 1e9:.1f}-{max(peaks16) / 1e9:.1f})")
+  print(
+    f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; matmul peak (median of {args.runs}) "
+    f"float32 {peak32 / 1e9:.1f} GFLOP/s (range {min(peaks32) / 1e9:.1f}-{max(peaks32) / 1e9:.1f}), "
+    f"bfloat16 {peak16 / 1e9:.1f} GFLOP/s (range {min(peaks16) / 1e9:.1f}-{max(peaks16) / 1e9:.1f})"
+  )
   rows = []
   remats = ("off", "on") if args.remat == "both" else (args.remat,)
   for name, remat in ((n, r) for n in args.configs.split(",") for r in remats):
@@ -134,9 +146,19 @@ def main():
       continue
     runs = []
     for _ in range(args.runs):
-      proc = subprocess.run([sys.executable, __file__, f"--child={name}", f"--steps={args.steps}",
-                             f"--default_batch={args.default_batch}", f"--remat={remat}"],
-                            capture_output=True, text=True, cwd=ROOT)
+      proc = subprocess.run(
+        [
+          sys.executable,
+          __file__,
+          f"--child={name}",
+          f"--steps={args.steps}",
+          f"--default_batch={args.default_batch}",
+          f"--remat={remat}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+      )
       if proc.returncode:
         print(f"{name} (remat {remat}) failed:\n{proc.stderr[-2000:]}")
         break
@@ -147,8 +169,20 @@ def main():
     row["mfu_f32"] = row["flops_per_s"] / peak32
     row["step_s_range"] = f"{min(r['step_s'] for r in runs):.4g}-{max(r['step_s'] for r in runs):.4g}"
     rows.append(row)
-  header = ("config", "remat", "batch", "seq_len", "step_s", "step_s_range", "steps_per_s", "gen_tokens_per_s",
-            "flops_per_s", "mfu_f32", "compile_s", "peak_rss_gib")
+  header = (
+    "config",
+    "remat",
+    "batch",
+    "seq_len",
+    "step_s",
+    "step_s_range",
+    "steps_per_s",
+    "gen_tokens_per_s",
+    "flops_per_s",
+    "mfu_f32",
+    "compile_s",
+    "peak_rss_gib",
+  )
   print(" | ".join(header))
   for r in rows:
     print(" | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in header))

@@ -22,7 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.noise_dim = 768  # Per-position Gaussian noise width.
   config.model.style_tokens = 32  # Style vector = sum of 32 embeddings drawn from a 64-entry codebook.
   config.model.style_codebook = 64
-  config.model.pos_init_scale = 1.0  # Position signal at the noise's scale (0.02 was drowned; docs/method.md section 5).
+  config.model.pos_init_scale = (
+    1.0  # Position signal at the noise's scale (0.02 was drowned; docs/method.md section 5).
+  )
   config.model.dtype = "float32"  # Compute dtype; "bfloat16" on TPU/GPU. Parameters stay float32.
   config.model.head = "embedding"  # The paper's: embeddings. "vocab": logits whose expected embedding feeds the
   config.model.vocab_mode = "soft"  # encoder ("soft"), or the argmax token's with that gradient ("straight_through").

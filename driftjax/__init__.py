@@ -1,8 +1,8 @@
 """driftjax: one-step text generators trained with the drifting objective (docs/method.md).
 
-    import driftjax
-    gen = driftjax.load("runs/demo")
-    texts = gen.sample(8, seed=0)
+import driftjax
+gen = driftjax.load("runs/demo")
+texts = gen.sample(8, seed=0)
 """
 
 
@@ -12,4 +12,5 @@ def load(run_dir: str, step: int | None = None):
   the first call and reused by later calls of the same n. Imported on first use so that `import driftjax` and
   the command line do not pay for JAX and the models up front."""
   from driftjax import sampler
+
   return sampler.load_run(run_dir, step)

@@ -21,19 +21,38 @@ PRETRAINED = "pretrained"  # encoder.name / encoder.tokenizer: the output of --m
 def corpus(config: ml_collections.ConfigDict) -> corpus_lib.Corpus:
   """The run's corpus: every mode splits it the same way (data.holdout documents are never trained on)."""
   d = config.data
-  return corpus_lib.Corpus(source=d.source, seq_len=config.model.seq_len, seed=config.seed, holdout=d.holdout,
-                           synthetic_docs=d.get("synthetic_docs", 0), pack=d.pack, train_split=d.split,
-                           heldout_split=config.eval.data_split)
+  return corpus_lib.Corpus(
+    source=d.source,
+    seq_len=config.model.seq_len,
+    seed=config.seed,
+    holdout=d.holdout,
+    synthetic_docs=d.get("synthetic_docs", 0),
+    pack=d.pack,
+    train_split=d.split,
+    heldout_split=config.eval.data_split,
+  )
 
 
 def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int) -> gen_lib.GeneratorConfig:
   """out_dim: the encoder's embedding width; vocab_size: the tokenizer's (the vocab head's choices)."""
   m = config.model
-  return gen_lib.GeneratorConfig(seq_len=m.seq_len, width=m.width, depth=m.depth, heads=m.heads,
-                                 mlp_ratio=m.mlp_ratio, noise_dim=m.noise_dim, out_dim=out_dim,
-                                 style_tokens=m.style_tokens, style_codebook=m.style_codebook,
-                                 pos_init_scale=m.pos_init_scale, dtype=m.dtype, head=m.head,
-                                 vocab_size=vocab_size, vocab_mode=m.vocab_mode, remat=m.remat)
+  return gen_lib.GeneratorConfig(
+    seq_len=m.seq_len,
+    width=m.width,
+    depth=m.depth,
+    heads=m.heads,
+    mlp_ratio=m.mlp_ratio,
+    noise_dim=m.noise_dim,
+    out_dim=out_dim,
+    style_tokens=m.style_tokens,
+    style_codebook=m.style_codebook,
+    pos_init_scale=m.pos_init_scale,
+    dtype=m.dtype,
+    head=m.head,
+    vocab_size=vocab_size,
+    vocab_mode=m.vocab_mode,
+    remat=m.remat,
+  )
 
 
 def encoder_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -58,8 +77,14 @@ def write_random_encoder(config: ml_collections.ConfigDict, path: str, vocab_siz
   if os.path.exists(os.path.join(path, "model.safetensors")):
     return
   r = config.encoder.random
-  cfg = gpt2.GPT2Config(vocab_size=vocab_size, n_positions=r.n_positions, n_embd=r.n_embd, n_layer=r.n_layer,
-                        n_head=r.n_head, eos_token_id=eos_id)
+  cfg = gpt2.GPT2Config(
+    vocab_size=vocab_size,
+    n_positions=r.n_positions,
+    n_embd=r.n_embd,
+    n_layer=r.n_layer,
+    n_head=r.n_head,
+    eos_token_id=eos_id,
+  )
   gpt2.save_gpt2(gpt2.GPT2(cfg, rngs=nnx.Rngs(r.seed)), path)
 
 
@@ -69,20 +94,25 @@ def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str, 
   path = encoder_path(config, workdir)
   random = config.encoder.random.enabled
   if (config.encoder.name == PRETRAINED or (random and not write)) and not os.path.exists(
-      os.path.join(path, "model.safetensors")):
-    how = ("run --mode=pretrain_encoder (or --mode=demo) with this --workdir first" if not random else
-           "train in this --workdir first (training writes the random encoder)")
+    os.path.join(path, "model.safetensors")
+  ):
+    how = (
+      "run --mode=pretrain_encoder (or --mode=demo) with this --workdir first"
+      if not random
+      else "train in this --workdir first (training writes the random encoder)"
+    )
     raise FileNotFoundError(f"the encoder of {workdir} is missing: {path} holds no model.safetensors; {how}")
   tokenizer = tok_lib.load_tokenizer(tokenizer_path(config, workdir))
   if random and write and jax.process_index() == 0:
     write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
   encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype), remat=config.encoder.remat)
   if encoder.cfg.vocab_size < len(tokenizer):
-    raise ValueError(f"encoder {path!r} has {encoder.cfg.vocab_size} token embeddings but tokenizer "
-                     f"{tokenizer_path(config, workdir)!r} has {len(tokenizer)} tokens")
+    raise ValueError(
+      f"encoder {path!r} has {encoder.cfg.vocab_size} token embeddings but tokenizer "
+      f"{tokenizer_path(config, workdir)!r} has {len(tokenizer)} tokens"
+    )
   if config.model.seq_len > encoder.cfg.n_positions:
-    raise ValueError(f"model.seq_len={config.model.seq_len} exceeds the encoder's {encoder.cfg.n_positions} "
-                     "positions")
+    raise ValueError(f"model.seq_len={config.model.seq_len} exceeds the encoder's {encoder.cfg.n_positions} positions")
   bad = [i for i in config.drift.layers if not 0 <= i <= encoder.cfg.n_layer]
   if bad:
     raise ValueError(f"drift.layers {bad} out of range for an encoder of {encoder.cfg.n_layer} layers")
@@ -102,6 +132,8 @@ def load_evaluator(config: ml_collections.ConfigDict, workdir: str, encoder, tok
   evaluator = gpt2.load_gpt2(e.evaluator)
   eval_tok = tok_lib.load_tokenizer(e.evaluator_tokenizer or e.evaluator)
   if evaluator.cfg.vocab_size < len(eval_tok):
-    raise ValueError(f"evaluator {e.evaluator!r} has {evaluator.cfg.vocab_size} token embeddings but its "
-                     f"tokenizer has {len(eval_tok)} tokens: they do not belong together")
+    raise ValueError(
+      f"evaluator {e.evaluator!r} has {evaluator.cfg.vocab_size} token embeddings but its "
+      f"tokenizer has {len(eval_tok)} tokens: they do not belong together"
+    )
   return evaluator, eval_tok, e.evaluator

@@ -18,16 +18,19 @@ import orbax.checkpoint as ocp
 from driftjax import files
 
 
-def make_manager(workdir: str, keep: int = 1, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(
+  workdir: str, keep: int = 1, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
   """The manager of DIR/checkpoints; read_only (sampling, evaluation) creates, cleans and deletes nothing."""
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True)
   else:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                           create=True, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-                               item_names=("state", "data"))
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
+    )
+  return ocp.CheckpointManager(
+    os.path.abspath(os.path.join(workdir, "checkpoints")), options=options, item_names=("state", "data")
+  )
 
 
 def require_checkpoints(workdir: str) -> str:
@@ -45,11 +48,17 @@ def check_model(workdir: str, signature: dict, write: bool) -> None:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    diffs = [f"{k}={saved.get(k)!r} there, {signature.get(k)!r} here" for k in sorted(set(saved) | set(signature))
-             if saved.get(k) != signature.get(k)]
+    diffs = [
+      f"{k}={saved.get(k)!r} there, {signature.get(k)!r} here"
+      for k in sorted(set(saved) | set(signature))
+      if saved.get(k) != signature.get(k)
+    ]
     if diffs:
-      raise ValueError(f"the checkpoints in {workdir} were written for a different model: " + "; ".join(diffs)
-                       + ". Use another --workdir, or the settings it was trained with.")
+      raise ValueError(
+        f"the checkpoints in {workdir} were written for a different model: "
+        + "; ".join(diffs)
+        + ". Use another --workdir, or the settings it was trained with."
+      )
   elif write and jax.process_index() == 0:
     files.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True))
 
@@ -61,8 +70,9 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, force: bool =
 
 def _restore_step(mngr: ocp.CheckpointManager, step: int, target, data_iter):
   if data_iter is None:  # Only the leaves of `target` (e.g. {"ema": ...}): nothing else is read.
-    state = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                   partial_restore=True)
+    state = ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
     return mngr.restore(step, args=ocp.args.Composite(state=state))["state"]
   args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iter))
   return mngr.restore(step, args=args)["state"]
@@ -126,5 +136,6 @@ def _move_aside(mngr: ocp.CheckpointManager, steps) -> None:
       os.replace(src, dst)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("driftjax_checkpoint_fallback")
   mngr.reload()

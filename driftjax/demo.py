@@ -26,18 +26,32 @@ from driftjax import sampler as sampler_lib
 from driftjax import train
 
 ROWS = ("init", "final", "data", "ar")
-REPORT_KEYS = ("gen_ppl", "entropy", "grammatical_rate", "copy_rate", "distinct_1", "distinct_2", "distinct_3",
-               "self_bleu", "mauve", "mean_tokens", "n_samples")  # mauve: the final row (samples vs data).
+REPORT_KEYS = (
+  "gen_ppl",
+  "entropy",
+  "grammatical_rate",
+  "copy_rate",
+  "distinct_1",
+  "distinct_2",
+  "distinct_3",
+  "self_bleu",
+  "mauve",
+  "mean_tokens",
+  "n_samples",
+)  # mauve: the final row (samples vs data).
 
 
 def targets(rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
   """The demo's targets (issue 6) for a synthetic corpus: each with its measured value and whether it holds."""
   init, final, data = rows["init"], rows["final"], rows["data"]
   out = {
-      "gen_ppl_init_over_final": (init["gen_ppl"] / final["gen_ppl"], ">= 10", lambda v: v >= 10),
-      "gen_ppl_final_over_data": (final["gen_ppl"] / data["gen_ppl"], "<= 2", lambda v: v <= 2),
-      "entropy_rel_gap_to_data": (abs(final["entropy"] - data["entropy"]) / data["entropy"], "<= 0.1",
-                                  lambda v: v <= 0.1),
+    "gen_ppl_init_over_final": (init["gen_ppl"] / final["gen_ppl"], ">= 10", lambda v: v >= 10),
+    "gen_ppl_final_over_data": (final["gen_ppl"] / data["gen_ppl"], "<= 2", lambda v: v <= 2),
+    "entropy_rel_gap_to_data": (
+      abs(final["entropy"] - data["entropy"]) / data["entropy"],
+      "<= 0.1",
+      lambda v: v <= 0.1,
+    ),
   }
   if "grammatical_rate" in final:
     out["grammatical_rate"] = (final["grammatical_rate"], ">= 0.8", lambda v: v >= 0.8)
@@ -48,19 +62,27 @@ def targets(rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
 def markdown(report: dict) -> str:
   rows = report["rows"]
   keys = [k for k in REPORT_KEYS if any(k in r for r in rows.values())]
-  lines = [f"# driftjax demo: {report['data_source']}", "",
-           f"Wall time {report['timings']['total_s'] / 60:.1f} min on {report['device']} "
-           f"({', '.join(f'{k} {v:.0f} s' for k, v in report['timings'].items() if k != 'total_s')}); "
-           f"{report['train_steps']} training steps. Evaluator: {report['evaluator']}.", "",
-           "| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+  lines = [
+    f"# driftjax demo: {report['data_source']}",
+    "",
+    f"Wall time {report['timings']['total_s'] / 60:.1f} min on {report['device']} "
+    f"({', '.join(f'{k} {v:.0f} s' for k, v in report['timings'].items() if k != 'total_s')}); "
+    f"{report['train_steps']} training steps. Evaluator: {report['evaluator']}.",
+    "",
+    "| row | " + " | ".join(keys) + " |",
+    "|---" * (len(keys) + 1) + "|",
+  ]
   for name in ROWS:
     r = rows[name]
-    lines.append(f"| {name} | " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), (int, float)) else ""
-                                              for k in keys) + " |")
+    lines.append(
+      f"| {name} | " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), (int, float)) else "" for k in keys) + " |"
+    )
   if report.get("targets"):
     lines += ["", "| target | measured | wanted | met |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['value']:.3g} | {v['target']} | {'yes' if v['met'] else 'no'} |"
-              for k, v in report["targets"].items()]
+    lines += [
+      f"| {k} | {v['value']:.3g} | {v['target']} | {'yes' if v['met'] else 'no'} |"
+      for k, v in report["targets"].items()
+    ]
   for name in ("final", "data", "init"):
     lines += ["", f"## Samples: {name}", ""]
     lines += [f"{i + 1}. {json.dumps(t)}" for i, t in enumerate(report["samples"][name])]
@@ -71,8 +93,10 @@ def markdown(report: dict) -> str:
 def plot_curves(metrics_path: str, out_path: str) -> None:
   """Loss (and quick-eval gen_ppl / grammatical_rate when logged) against step, from DIR/metrics.jsonl."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   with open(metrics_path) as f:
     recs = [json.loads(line) for line in f if line.strip()]
   panels = [k for k in ("loss", "eval/gen_ppl", "eval/grammatical_rate") if any(k in r for r in recs)]
@@ -101,8 +125,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trainer = train.setup(config, workdir)
   evaluator, eval_tok, eval_name = build.load_evaluator(config, workdir, trainer.encoder, trainer.tokenizer)
   s = config.sample
-  init_gen = sampler_lib.from_params(config, trainer.graphdef, trainer.init_state()["ema"], trainer.cfg.gen,
-                                 trainer.encoder, trainer.tokenizer)  # The state training starts from.
+  init_gen = sampler_lib.from_params(
+    config, trainer.graphdef, trainer.init_state()["ema"], trainer.cfg.gen, trainer.encoder, trainer.tokenizer
+  )  # The state training starts from.
   init_rows = init_gen.records(s.n_samples, jax.random.key(s.seed), temperature=s.temperature, top_k=s.top_k)
   init = evaluate.score([r["token_ids"] for r in init_rows], trainer.tokenizer, evaluator, eval_tok, config)
   timings["init_eval_s"] = time.time() - t
@@ -120,17 +145,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rows = {"init": init, "final": {k: v for k, v in final.items() if k != "reference"}, **final["reference"]}
   data_texts = [trainer.tokenizer.decode(r) for r in evaluate.data_reference(config, trainer.tokenizer, 5)]
   report = {
-      "data_source": config.data.source,
-      "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}, {os.cpu_count()} host cores",
-      "evaluator": eval_name,
-      "train_steps": int(result["step"]),
-      "timings": timings,
-      "rows": rows,
-      "targets": targets(rows),
-      "samples": {"init": [r["text"] for r in init_rows[:3]],
-                  "final": [r["text"] for r in evaluate.read_samples(path)[:5]],
-                  "data": data_texts},
-      "corpus": result["stats"],
+    "data_source": config.data.source,
+    "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}, {os.cpu_count()} host cores",
+    "evaluator": eval_name,
+    "train_steps": int(result["step"]),
+    "timings": timings,
+    "rows": rows,
+    "targets": targets(rows),
+    "samples": {
+      "init": [r["text"] for r in init_rows[:3]],
+      "final": [r["text"] for r in evaluate.read_samples(path)[:5]],
+      "data": data_texts,
+    },
+    "corpus": result["stats"],
   }
   files.atomic_write(os.path.join(workdir, "report.json"), json.dumps(report, indent=2))
   plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))

@@ -18,10 +18,10 @@ from driftjax.models import gpt2
 
 # Architectures of the public GPT-2 checkpoints (Radford et al. 2019), so that describe needs no hub.
 KNOWN_GPT2 = {
-    "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
-    "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
-    "gpt2-large": dict(n_layer=36, n_embd=1280, n_head=20),
-    "gpt2-xl": dict(n_layer=48, n_embd=1600, n_head=25),
+  "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
+  "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
+  "gpt2-large": dict(n_layer=36, n_embd=1280, n_head=20),
+  "gpt2-xl": dict(n_layer=48, n_embd=1600, n_head=25),
 }
 
 
@@ -31,15 +31,21 @@ def encoder_config(config: ml_collections.ConfigDict, workdir: str | None = None
   e, vocab = config.encoder, gpt2.GPT2Config().vocab_size
   if e.random.enabled:
     r = e.random
-    return gpt2.GPT2Config(vocab_size=vocab, n_positions=r.n_positions, n_embd=r.n_embd, n_layer=r.n_layer,
-                           n_head=r.n_head)
+    return gpt2.GPT2Config(
+      vocab_size=vocab, n_positions=r.n_positions, n_embd=r.n_embd, n_layer=r.n_layer, n_head=r.n_head
+    )
   if e.name == build.PRETRAINED:
     folder = build.encoder_path(config, workdir) if workdir else ""
     if folder and os.path.isdir(folder):
       return gpt2.load_config(folder)
     p = config.pretrain
-    return gpt2.GPT2Config(vocab_size=p.bpe_vocab_size or vocab, n_positions=p.seq_len + 1, n_embd=p.n_embd,
-                           n_layer=p.n_layer, n_head=p.n_head)
+    return gpt2.GPT2Config(
+      vocab_size=p.bpe_vocab_size or vocab,
+      n_positions=p.seq_len + 1,
+      n_embd=p.n_embd,
+      n_layer=p.n_layer,
+      n_head=p.n_head,
+    )
   if os.path.isdir(e.name):
     return gpt2.load_config(e.name)
   base = e.name.removeprefix("openai-community/")
@@ -82,15 +88,15 @@ def train_flops(config, gen_cfg, enc_cfg, gen_params, shapes) -> dict[str, float
   length = gen_cfg.seq_len
   n_gen, n_real = d.groups * d.n_gen, d.groups * (d.n_pos + d.queue_size)
   depth = max(config.drift.layers, default=0)
-  enc_block = 12 * enc_cfg.n_embd ** 2 + 2 * enc_cfg.n_embd * (enc_cfg.inner - 4 * enc_cfg.n_embd)
+  enc_block = 12 * enc_cfg.n_embd**2 + 2 * enc_cfg.n_embd * (enc_cfg.inner - 4 * enc_cfg.n_embd)
   enc_fwd_token = 2 * depth * enc_block + 4 * depth * length * enc_cfg.n_embd  # Weights + attention.
   gen_matmul = gen_params - gen_cfg.seq_len * gen_cfg.width - gen_cfg.style_codebook * gen_cfg.width
   gen_fwd_token = 2 * gen_matmul + 4 * gen_cfg.depth * length * gen_cfg.width
   parts = {
-      "generator": 3.0 * gen_fwd_token * n_gen * length,
-      "encoder_generated": 2.0 * enc_fwd_token * n_gen * length,
-      "encoder_real": 1.0 * enc_fwd_token * n_real * length,
-      "field": field_flops(config, shapes),
+    "generator": 3.0 * gen_fwd_token * n_gen * length,
+    "encoder_generated": 2.0 * enc_fwd_token * n_gen * length,
+    "encoder_real": 1.0 * enc_fwd_token * n_real * length,
+    "field": field_flops(config, shapes),
   }
   parts["total"] = sum(parts.values())
   return parts
@@ -107,20 +113,20 @@ def describe(config: ml_collections.ConfigDict, workdir: str | None = None) -> d
   flops = train_flops(config, gen_cfg, enc_cfg, gen_params, shapes)
   d = config.data
   return {
-      "generator_params": gen_params,
-      "encoder_params": enc_params,
-      "encoder": config.encoder.name,
-      "encoder_layers": enc_cfg.n_layer,
-      "seq_len": gen_cfg.seq_len,
-      "groups": d.groups,
-      "n_gen": d.n_gen,
-      "n_pos": d.n_pos,
-      "global_batch": d.groups * (d.n_gen + d.n_pos),
-      "feature_keys": len(shapes),
-      "feature_shapes": {k: list(v) for k, v in shapes.items()},
-      "poolings": list(config.drift.poolings),
-      "train_flops_per_step": flops["total"],
-      "train_flops_by_part": {k: v for k, v in flops.items() if k != "total"},
+    "generator_params": gen_params,
+    "encoder_params": enc_params,
+    "encoder": config.encoder.name,
+    "encoder_layers": enc_cfg.n_layer,
+    "seq_len": gen_cfg.seq_len,
+    "groups": d.groups,
+    "n_gen": d.n_gen,
+    "n_pos": d.n_pos,
+    "global_batch": d.groups * (d.n_gen + d.n_pos),
+    "feature_keys": len(shapes),
+    "feature_shapes": {k: list(v) for k, v in shapes.items()},
+    "poolings": list(config.drift.poolings),
+    "train_flops_per_step": flops["total"],
+    "train_flops_by_part": {k: v for k, v in flops.items() if k != "total"},
   }
 
 

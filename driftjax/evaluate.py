@@ -27,8 +27,18 @@ from driftjax.data import corpus as corpus_lib
 from driftjax.models import decode
 from driftjax.models import gpt2
 
-TABLE_KEYS = ("gen_ppl", "entropy", "distinct_1", "distinct_2", "distinct_3", "self_bleu", "mean_tokens",
-              "mauve", "grammatical_rate", "copy_rate")
+TABLE_KEYS = (
+  "gen_ppl",
+  "entropy",
+  "distinct_1",
+  "distinct_2",
+  "distinct_3",
+  "self_bleu",
+  "mean_tokens",
+  "mauve",
+  "grammatical_rate",
+  "copy_rate",
+)
 
 
 def latest_samples(workdir: str) -> str:
@@ -73,10 +83,12 @@ def check_packages(config: ml_collections.ConfigDict) -> None:
 
 def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
   texts = [tokenizer.decode(t) for t in token_lists]
-  result = text_metrics.text_metrics(token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples,
-                                    seq_len=config.model.seq_len)
+  result = text_metrics.text_metrics(
+    token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples, seq_len=config.model.seq_len
+  )
   if config.data.source == "synthetic":  # The grammar can check the text itself.
     from driftjax.data import synthetic
+
     result["grammatical_rate"] = float(np.mean([synthetic.grammatical_rate(t) for t in texts]))
     result["copy_rate"] = synthetic.copy_rate(texts, training_documents(build.corpus(config)))
   return result
@@ -95,8 +107,10 @@ def markdown_table(result: dict) -> str:
 
 def plot_frontier(result: dict, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(5, 4))
   sweep = sorted(result["sweep"].items(), key=lambda kv: float(kv[0]))
   ax.plot([r["entropy"] for _, r in sweep], [r["gen_ppl"] for _, r in sweep], "o-", label="drifting (T sweep)")
@@ -133,19 +147,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, samples_path: str | Non
   result = score(tokens, tokenizer, evaluator, eval_tok, config)
   result.update(seq_len=seq_len, evaluator=eval_name, samples_file=path, step=step)
   data_rows = data_reference(config, tokenizer, n)
-  ar = np.concatenate([np.asarray(gpt2.sample_ar(evaluator, jax.random.fold_in(jax.random.key(e.seed), i),
-                                                  min(e.ar_batch, n - i), seq_len))
-                       for i in range(0, n, e.ar_batch)])
+  ar = np.concatenate(
+    [
+      np.asarray(
+        gpt2.sample_ar(evaluator, jax.random.fold_in(jax.random.key(e.seed), i), min(e.ar_batch, n - i), seq_len)
+      )
+      for i in range(0, n, e.ar_batch)
+    ]
+  )
   ar_rows = decode.truncate_at_eos(ar, eval_tok.eos_token_id)
-  result["reference"] = {"data": score(data_rows, tokenizer, evaluator, eval_tok, config),
-                         "ar": score(ar_rows, eval_tok, evaluator, eval_tok, config)}
+  result["reference"] = {
+    "data": score(data_rows, tokenizer, evaluator, eval_tok, config),
+    "ar": score(ar_rows, eval_tok, evaluator, eval_tok, config),
+  }
   # What entropy, distinct_n and self_bleu count: the token ids of the tokenizer each row was made with.
   ref = result["reference"]
   for row, tok in ((result, tokenizer), (ref["data"], tokenizer), (ref["ar"], eval_tok)):
     row["token_unit"] = f"tokens of {tok.name_or_path}"
   if e.mauve:  # The samples against the data reference, on the evaluator's features (see text_metrics.py).
-    result["mauve"] = text_metrics.mauve_score(evaluator, eval_tok, [r["text"] for r in rows],
-                                               [tokenizer.decode(t) for t in data_rows])
+    result["mauve"] = text_metrics.mauve_score(
+      evaluator, eval_tok, [r["text"] for r in rows], [tokenizer.decode(t) for t in data_rows]
+    )
     result["mauve_features"] = f"{eval_name} (last token, final layer norm)"
   if sweep is not None:
     result["sweep"] = sweep
@@ -153,8 +175,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, samples_path: str | Non
   os.makedirs(out_dir, exist_ok=True)
   name = f"step_{step}" if step >= 0 else os.path.splitext(os.path.basename(path))[0]
   files.atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(result, indent=2))
-  note = (f"\nMAUVE (samples vs data) on features of {eval_name}; published MAUVE uses gpt2-large features.\n"
-          if "mauve" in result else "")
+  note = (
+    f"\nMAUVE (samples vs data) on features of {eval_name}; published MAUVE uses gpt2-large features.\n"
+    if "mauve" in result
+    else ""
+  )
   files.atomic_write(os.path.join(out_dir, f"{name}.md"), markdown_table(result) + note)
   if "sweep" in result:
     plot_frontier(result, os.path.join(out_dir, f"{name}_frontier.png"))
@@ -170,6 +195,8 @@ def temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval
     ids, _ = gen.generate(s.n_samples, jax.random.key(s.seed), temperature=float(t), top_k=s.top_k)
     toks = decode.truncate_at_eos(ids, tokenizer.eos_token_id)
     texts = [tokenizer.decode(x) for x in toks]
-    out[f"{float(t):g}"] = {"gen_ppl": text_metrics.gen_ppl(evaluator, eval_tok, texts),
-                            "entropy": text_metrics.mean_entropy(toks)}
+    out[f"{float(t):g}"] = {
+      "gen_ppl": text_metrics.gen_ppl(evaluator, eval_tok, texts),
+      "entropy": text_metrics.mean_entropy(toks),
+    }
   return out

@@ -17,8 +17,12 @@ from ml_collections import config_flags
 from driftjax import modes
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a configs/*.py file; override fields with --config.key=value. Sample and eval "
-    "without it read the run's DIR/config.json.", lock_config=True)
+  "config",
+  None,
+  "Path to a configs/*.py file; override fields with --config.key=value. Sample and eval "
+  "without it read the run's DIR/config.json.",
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and reports.")
 _MODE = flags.DEFINE_enum("mode", None, list(modes.MODES), "What to run; defaults to config.mode.")
 
@@ -39,8 +43,9 @@ def main(argv):
   modes.maybe_initialize_distributed()
   config = _CONFIG.value
   mode = _MODE.value or (config.get("mode", "train") if config is not None else "train")
-  logging.info("driftjax mode=%s process %d/%d devices=%s", mode, jax.process_index(),
-               jax.process_count(), jax.devices())
+  logging.info(
+    "driftjax mode=%s process %d/%d devices=%s", mode, jax.process_index(), jax.process_count(), jax.devices()
+  )
   modes.run(mode, config, _WORKDIR.value)
 
 

@@ -11,7 +11,6 @@ from driftjax import files
 from driftjax import run_config
 
 
-
 MODES = ("train", "sample", "eval", "describe", "pretrain_encoder", "toy2d", "demo")
 
 
@@ -27,10 +26,16 @@ def maybe_initialize_distributed() -> None:
     missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
     if missing:
       raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {missing} are not")
-    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
-  elif (env.get("DRIFTJAX_DISTRIBUTED") == "1" or int(env.get("SLURM_NTASKS", "1")) > 1
-        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1):
+    jax.distributed.initialize(
+      coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(env["JAX_NUM_PROCESSES"]),
+      process_id=int(env["JAX_PROCESS_ID"]),
+    )
+  elif (
+    env.get("DRIFTJAX_DISTRIBUTED") == "1"
+    or int(env.get("SLURM_NTASKS", "1")) > 1
+    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+  ):
     jax.distributed.initialize()
   else:
     logging.info("single host: jax.distributed not initialized")
@@ -38,9 +43,15 @@ def maybe_initialize_distributed() -> None:
 
 # Each mode's module exposes run(config, workdir); imported only when that mode runs (toy2d needs no
 # transformers, describe no data or checkpoints).
-_MODULES = {"train": "driftjax.train", "sample": "driftjax.sample", "eval": "driftjax.evaluate",
-            "describe": "driftjax.describe", "pretrain_encoder": "driftjax.pretrain", "toy2d": "driftjax.toy2d",
-            "demo": "driftjax.demo"}
+_MODULES = {
+  "train": "driftjax.train",
+  "sample": "driftjax.sample",
+  "eval": "driftjax.evaluate",
+  "describe": "driftjax.describe",
+  "pretrain_encoder": "driftjax.pretrain",
+  "toy2d": "driftjax.toy2d",
+  "demo": "driftjax.demo",
+}
 
 
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str) -> None:

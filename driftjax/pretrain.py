@@ -46,20 +46,37 @@ def document_rows(texts: Sequence[str], tokenizer, seq_len: int) -> tuple[np.nda
   return rows, weights
 
 
-def train_lm(texts: Sequence[str], tokenizer, *, n_layer: int, n_embd: int, n_head: int, seq_len: int,
-             steps: int, batch: int, lr: float, seed: int = 0, log_every: int = 0,
-             losses: list | None = None) -> gpt2.GPT2:
+def train_lm(
+  texts: Sequence[str],
+  tokenizer,
+  *,
+  n_layer: int,
+  n_embd: int,
+  n_head: int,
+  seq_len: int,
+  steps: int,
+  batch: int,
+  lr: float,
+  seed: int = 0,
+  log_every: int = 0,
+  losses: list | None = None,
+) -> gpt2.GPT2:
   """Trains a GPT-2 of the given size on texts (one story per row, see document_rows).
 
   `losses`, when given, receives the training loss of every step.
   """
   rows, weights = document_rows(texts, tokenizer, seq_len)
-  cfg = gpt2.GPT2Config(vocab_size=len(tokenizer), n_positions=seq_len + 1, n_embd=n_embd,
-                        n_layer=n_layer, n_head=n_head, eos_token_id=tokenizer.eos_token_id)
+  cfg = gpt2.GPT2Config(
+    vocab_size=len(tokenizer),
+    n_positions=seq_len + 1,
+    n_embd=n_embd,
+    n_layer=n_layer,
+    n_head=n_head,
+    eos_token_id=tokenizer.eos_token_id,
+  )
   model = gpt2.GPT2(cfg, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
-  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), steps, lr * 0.1),
-                   weight_decay=0.01)
+  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), steps, lr * 0.1), weight_decay=0.01)
   opt_state = tx.init(params)
 
   @jax.jit
@@ -83,6 +100,7 @@ def train_bpe(docs: Sequence[str], vocab_size: int, out_dir: str):
   """A byte-level BPE tokenizer of vocab_size (end-of-text included) trained on docs, saved as
   vocab.json + merges.txt in out_dir and loaded back through the project's loader."""
   from tokenizers import ByteLevelBPETokenizer
+
   bpe = ByteLevelBPETokenizer()
   bpe.train_from_iterator(list(docs), vocab_size=vocab_size, min_frequency=2, special_tokens=[pipeline.EOT])
   os.makedirs(out_dir, exist_ok=True)
@@ -102,16 +120,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   staging = out + ".partial"  # Written aside, renamed when complete: a killed run leaves no half encoder.
   if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
     raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
-  tokenizer = (train_bpe(docs, p.bpe_vocab_size, staging) if p.bpe_vocab_size
-               else tok_lib.load_tokenizer(config.encoder.tokenizer))
+  tokenizer = (
+    train_bpe(docs, p.bpe_vocab_size, staging) if p.bpe_vocab_size else tok_lib.load_tokenizer(config.encoder.tokenizer)
+  )
   losses = []
-  model = train_lm(docs, tokenizer, n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, seq_len=p.seq_len,
-                   steps=p.steps, batch=p.batch, lr=p.lr, seed=config.seed, log_every=p.log_every, losses=losses)
+  model = train_lm(
+    docs,
+    tokenizer,
+    n_layer=p.n_layer,
+    n_embd=p.n_embd,
+    n_head=p.n_head,
+    seq_len=p.seq_len,
+    steps=p.steps,
+    batch=p.batch,
+    lr=p.lr,
+    seed=config.seed,
+    log_every=p.log_every,
+    losses=losses,
+  )
   gpt2.save_gpt2(model, staging)
   if os.path.exists(out):
     raise FileExistsError(f"{out} exists without model.safetensors; move it away first")
   os.replace(staging, out)
-  logging.info("pretrained encoder saved to %s (loss %.3f -> %.3f over %d steps)", out, losses[0], losses[-1],
-               len(losses))
+  logging.info(
+    "pretrained encoder saved to %s (loss %.3f -> %.3f over %d steps)", out, losses[0], losses[-1], len(losses)
+  )
   return out
-

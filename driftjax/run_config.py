@@ -47,8 +47,10 @@ def load(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"run folder {workdir} does not exist")
   if not os.path.exists(p):
-    raise FileNotFoundError(f"{workdir} is not a driftjax run folder: it has no {FILENAME} (training writes it); "
-                            "train there first, or pass --config")
+    raise FileNotFoundError(
+      f"{workdir} is not a driftjax run folder: it has no {FILENAME} (training writes it); "
+      "train there first, or pass --config"
+    )
   try:
     with open(p) as f:
       raw = json.load(f)
@@ -75,8 +77,11 @@ def model_differences(saved: ml_collections.ConfigDict, given: ml_collections.Co
   """'key=saved there, given here' for each setting of MODEL_SECTIONS that differs (dtypes excepted)."""
   a = _flatten({s: _tuples(saved[s].to_dict()) for s in MODEL_SECTIONS if s in saved})
   b = _flatten({s: _tuples(given[s].to_dict()) for s in MODEL_SECTIONS if s in given})
-  return [f"{k}={a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
-          if k not in FREE_KEYS and a.get(k) != b.get(k)]
+  return [
+    f"{k}={a.get(k)!r} there, {b.get(k)!r} here"
+    for k in sorted(set(a) | set(b))
+    if k not in FREE_KEYS and a.get(k) != b.get(k)
+  ]
 
 
 def resolve(config: ml_collections.ConfigDict | None, workdir: str, mode: str) -> ml_collections.ConfigDict:
@@ -88,6 +93,9 @@ def resolve(config: ml_collections.ConfigDict | None, workdir: str, mode: str) -
   if mode in ("sample", "eval") and os.path.exists(path(workdir)):
     diffs = model_differences(load(workdir), config)
     if diffs:
-      raise ValueError(f"--config does not describe the model trained in {workdir}: " + "; ".join(diffs)
-                       + f". Leave out --config to use the run's own {FILENAME}.")
+      raise ValueError(
+        f"--config does not describe the model trained in {workdir}: "
+        + "; ".join(diffs)
+        + f". Leave out --config to use the run's own {FILENAME}."
+      )
   return config

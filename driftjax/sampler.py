@@ -36,13 +36,15 @@ def records(ids: np.ndarray, dists: np.ndarray, tokenizer) -> list[dict[str, Any
   rows = decode.truncate_at_eos(ids, tokenizer.eos_token_id)
   texts = [tokenizer.decode(r) for r in rows]
   # nn_dist: mean distance to the chosen tokens over the sample's own positions (up to end-of-text).
-  return [{"text": t, "token_ids": r, "nn_dist": float(d[: max(len(r), 1)].mean())}
-          for t, r, d in zip(texts, rows, dists)]
+  return [
+    {"text": t, "token_ids": r, "nn_dist": float(d[: max(len(r), 1)].mean())} for t, r, d in zip(texts, rows, dists)
+  ]
 
 
 @dataclasses.dataclass
 class Sampler:
   """A generator's parameters with what decoding needs: the token table and the tokenizer."""
+
   graphdef: Any
   params: Any
   gen_cfg: gen_lib.GeneratorConfig
@@ -52,8 +54,9 @@ class Sampler:
   metric: str = "l2"  # Nearest-token distance of the embedding head.
   step: int | None = None  # The checkpoint's step, when restored from one.
 
-  def generate(self, n: int, key: jax.Array, temperature: float = 0.0, top_k: int = 0,
-               metric: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  def generate(
+    self, n: int, key: jax.Array, temperature: float = 0.0, top_k: int = 0, metric: str | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(token ids (n, L), nearest-token distances (n, L)). Every pass has min(batch, n) rows (a last, partial
     batch is drawn whole and cut), so repeated calls of the same n reuse one compiled program."""
     if n <= 0:
@@ -64,9 +67,15 @@ class Sampler:
     for i in range(0, n, batch):
       k_in, k_dec = jax.random.split(jax.random.fold_in(key, i))
       noise, style = gen_lib.sample_inputs(k_in, batch, self.gen_cfg)
-      tok, dist = decode.decode_outputs(forward(self.params, noise, style), self.table, self.gen_cfg,
-                                        metric=metric or self.metric, temperature=temperature, top_k=top_k,
-                                        key=k_dec)
+      tok, dist = decode.decode_outputs(
+        forward(self.params, noise, style),
+        self.table,
+        self.gen_cfg,
+        metric=metric or self.metric,
+        temperature=temperature,
+        top_k=top_k,
+        key=k_dec,
+      )
       ids.append(np.asarray(tok))
       dists.append(np.asarray(dist))
     return np.concatenate(ids)[:n], np.concatenate(dists)[:n]
@@ -74,23 +83,42 @@ class Sampler:
   def records(self, n: int, key: jax.Array, **decoding) -> list[dict[str, Any]]:
     return records(*self.generate(n, key, **decoding), self.tokenizer)
 
-  def sample(self, n: int, seed: int = 0, temperature: float = 0.0, top_k: int = 0,
-             metric: str | None = None) -> list[str]:
+  def sample(
+    self, n: int, seed: int = 0, temperature: float = 0.0, top_k: int = 0, metric: str | None = None
+  ) -> list[str]:
     """n texts, each cut at its first end-of-text. temperature 0 decodes greedily (nearest token, or the argmax
     of a vocabulary head); T > 0 samples at T, among the top_k when top_k > 0. Same seed, same texts."""
-    return [r["text"] for r in self.records(n, jax.random.key(seed), temperature=temperature, top_k=top_k,
-                                            metric=metric)]
+    return [
+      r["text"] for r in self.records(n, jax.random.key(seed), temperature=temperature, top_k=top_k, metric=metric)
+    ]
 
 
-def from_params(config: ml_collections.ConfigDict, graphdef, params, gen_cfg, encoder, tokenizer,
-                step: int | None = None, batch: int | None = None) -> Sampler:
+def from_params(
+  config: ml_collections.ConfigDict,
+  graphdef,
+  params,
+  gen_cfg,
+  encoder,
+  tokenizer,
+  step: int | None = None,
+  batch: int | None = None,
+) -> Sampler:
   """A Sampler of given generator parameters (training's state, a fresh init); batch: config.sample's."""
-  return Sampler(graphdef=graphdef, params=params, gen_cfg=gen_cfg, table=encoder.wte[...][: len(tokenizer)],
-                 tokenizer=tokenizer, batch=batch or config.sample.batch, metric=config.sample.metric, step=step)
+  return Sampler(
+    graphdef=graphdef,
+    params=params,
+    gen_cfg=gen_cfg,
+    table=encoder.wte[...][: len(tokenizer)],
+    tokenizer=tokenizer,
+    batch=batch or config.sample.batch,
+    metric=config.sample.metric,
+    step=step,
+  )
 
 
-def load(config: ml_collections.ConfigDict, workdir: str, step: int | None = None, encoder=None,
-         tokenizer=None) -> Sampler:
+def load(
+  config: ml_collections.ConfigDict, workdir: str, step: int | None = None, encoder=None, tokenizer=None
+) -> Sampler:
   """The EMA generator of DIR's newest checkpoint (or `step`); errors name what is missing. Reads only."""
   ckpt_lib.require_checkpoints(workdir)
   if encoder is None:

@@ -47,5 +47,4 @@ def fsdp_spec(shape, n: int, min_size: int = 1 << 14) -> P:
 def param_shardings(mesh: Mesh, abstract_params, fsdp: bool):
   """A tree of NamedShardings matching abstract_params (leaves with .shape)."""
   n = mesh.shape[DATA]
-  return jax.tree.map(
-      lambda x: NamedSharding(mesh, fsdp_spec(x.shape, n) if fsdp else P()), abstract_params)
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, n) if fsdp else P()), abstract_params)

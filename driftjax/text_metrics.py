@@ -50,7 +50,7 @@ def mean_entropy(samples: Sequence[Sequence[int]]) -> float:
 
 def distinct_n(samples: Sequence[Sequence[int]], n: int) -> float:
   """Unique n-grams of token ids over all n-grams of the sample set (0 when there are none)."""
-  grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
+  grams = [tuple(s[i : i + n]) for s in samples for i in range(len(s) - n + 1)]
   return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -58,13 +58,14 @@ def self_bleu(samples: Sequence[Sequence], max_samples: int = 200) -> float:
   """Mean BLEU-4 of each of the first max_samples samples against every other sample of the set, each sample a
   sequence of token ids (BLEU's words are tokens here)."""
   from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
   samples = [list(map(str, s)) for s in samples if len(s)]
   if len(samples) < 2:
     return float("nan")
   smooth = SmoothingFunction().method1
   scores = []
   for i, hyp in enumerate(samples[:max_samples]):
-    refs = samples[:i] + samples[i + 1:]
+    refs = samples[:i] + samples[i + 1 :]
     scores.append(sentence_bleu(refs, hyp, weights=(0.25,) * 4, smoothing_function=smooth))
   return float(np.mean(scores))
 
@@ -80,8 +81,9 @@ def _token_nll(graphdef, state, ids, mask):
   return jnp.sum(nll * m), jnp.sum(m)
 
 
-def evaluator_rows(texts: Sequence[str], tokenizer, max_len: int,
-                   ended: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def evaluator_rows(
+  texts: Sequence[str], tokenizer, max_len: int, ended: Sequence[bool] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """[eos] + tokens + [eos], padded with eos to a common length (<= max_len), and the mask of scored tokens.
 
   The end-of-text after a text is scored only where the sample itself ended there (`ended`, default all):
@@ -94,13 +96,14 @@ def evaluator_rows(texts: Sequence[str], tokenizer, max_len: int,
   ids = np.full((len(texts), length), eos, np.int32)
   mask = np.zeros((len(texts), length), np.float32)
   for i, e in enumerate(encoded):
-    ids[i, 1:1 + len(e)] = e
-    mask[i, 1:1 + len(e) + int(ended[i])] = 1.0  # The text's tokens and, if it ended, its end-of-text.
+    ids[i, 1 : 1 + len(e)] = e
+    mask[i, 1 : 1 + len(e) + int(ended[i])] = 1.0  # The text's tokens and, if it ended, its end-of-text.
   return ids, mask
 
 
-def gen_ppl(evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 16,
-            ended: Sequence[bool] | None = None) -> float:
+def gen_ppl(
+  evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 16, ended: Sequence[bool] | None = None
+) -> float:
   """Pooled generative perplexity of texts under the evaluator (see evaluator_rows for `ended`)."""
   if not texts:
     raise ValueError("gen_ppl needs at least one text")
@@ -108,13 +111,19 @@ def gen_ppl(evaluator: gpt2.GPT2, tokenizer, texts: Sequence[str], batch: int = 
   ids, mask = evaluator_rows(texts, tokenizer, evaluator.cfg.n_positions, ended)
   total, count = 0.0, 0.0
   for i in range(0, len(texts), batch):
-    nll, n = _token_nll(graphdef, state, jnp.asarray(ids[i:i + batch]), jnp.asarray(mask[i:i + batch]))
+    nll, n = _token_nll(graphdef, state, jnp.asarray(ids[i : i + batch]), jnp.asarray(mask[i : i + batch]))
     total, count = total + float(nll), count + float(n)
   return math.exp(total / count)
 
 
-def text_metrics(token_lists: Sequence[Sequence[int]], texts: Sequence[str], evaluator, eval_tokenizer,
-                 bleu_samples: int = 200, seq_len: int | None = None) -> dict[str, float]:
+def text_metrics(
+  token_lists: Sequence[Sequence[int]],
+  texts: Sequence[str],
+  evaluator,
+  eval_tokenizer,
+  bleu_samples: int = 200,
+  seq_len: int | None = None,
+) -> dict[str, float]:
   """Every metric of one sample set: token_lists are the samples' own tokens (up to end-of-text), which entropy,
   distinct_n and self_bleu count; gen_ppl re-tokenizes texts for the evaluator.
 
@@ -122,14 +131,14 @@ def text_metrics(token_lists: Sequence[Sequence[int]], texts: Sequence[str], eva
   """
   ended = None if seq_len is None else [len(t) < seq_len for t in token_lists]
   return {
-      "gen_ppl": gen_ppl(evaluator, eval_tokenizer, texts, ended=ended),
-      "entropy": mean_entropy(token_lists),
-      "distinct_1": distinct_n(token_lists, 1),
-      "distinct_2": distinct_n(token_lists, 2),
-      "distinct_3": distinct_n(token_lists, 3),
-      "self_bleu": self_bleu(token_lists, bleu_samples),
-      "n_samples": len(texts),
-      "mean_tokens": float(np.mean([len(t) for t in token_lists])) if token_lists else 0.0,
+    "gen_ppl": gen_ppl(evaluator, eval_tokenizer, texts, ended=ended),
+    "entropy": mean_entropy(token_lists),
+    "distinct_1": distinct_n(token_lists, 1),
+    "distinct_2": distinct_n(token_lists, 2),
+    "distinct_3": distinct_n(token_lists, 3),
+    "self_bleu": self_bleu(token_lists, bleu_samples),
+    "n_samples": len(texts),
+    "mean_tokens": float(np.mean([len(t) for t in token_lists])) if token_lists else 0.0,
   }
 
 
@@ -142,8 +151,9 @@ def require_mauve():
   try:
     import mauve
   except ImportError as e:
-    raise ImportError("eval.mauve=True needs the mauve-text package: pip install -e '.[eval]' "
-                      "(or set --config.eval.mauve=False)") from e
+    raise ImportError(
+      "eval.mauve=True needs the mauve-text package: pip install -e '.[eval]' (or set --config.eval.mauve=False)"
+    ) from e
   return mauve
 
 
@@ -185,16 +195,16 @@ def mauve_features(evaluator: gpt2.GPT2, rows: Sequence[Sequence[int]], batch: i
   order = np.argsort([len(r) for r in rows], kind="stable")
   out = np.zeros((len(rows), evaluator.cfg.n_embd), np.float32)
   for i in range(0, len(rows), batch):
-    idx = order[i:i + batch]
+    idx = order[i : i + batch]
     longest = max(len(rows[j]) for j in idx)
     length = min(n_pos, 1 << (longest - 1).bit_length())
     ids = np.zeros((batch, length), np.int32)  # A short last batch is filled with empty rows: no new shape.
     last = np.zeros((batch,), np.int32)
     for k, j in enumerate(idx):
-      ids[k, :len(rows[j])] = rows[j]
+      ids[k, : len(rows[j])] = rows[j]
       last[k] = len(rows[j]) - 1
     feats = _last_token_features(graphdef, state, jnp.asarray(ids), jnp.asarray(last))
-    out[idx] = np.asarray(feats)[:len(idx)]
+    out[idx] = np.asarray(feats)[: len(idx)]
   return out
 
 
@@ -204,8 +214,9 @@ def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, seed: in
   return float(mauve.compute_mauve(p_features=p_features, q_features=q_features, seed=seed, verbose=False).mauve)
 
 
-def mauve_score(evaluator: gpt2.GPT2, tokenizer, texts_p: Sequence[str], texts_q: Sequence[str],
-                seed: int = MAUVE_SEED) -> float:
+def mauve_score(
+  evaluator: gpt2.GPT2, tokenizer, texts_p: Sequence[str], texts_q: Sequence[str], seed: int = MAUVE_SEED
+) -> float:
   """MAUVE of two text sets on the evaluator's features, tokenized and featurized as mauve-text does."""
   require_mauve()  # Before featurizing: a missing package should not cost a forward pass first.
   max_tokens = min(MAUVE_MAX_TOKENS, evaluator.cfg.n_positions)

@@ -62,10 +62,10 @@ def two_modes(key: Array, n: int) -> Array:
 
 
 TARGETS: dict[str, Callable[[Array, int], Array]] = {
-    "checkerboard": checkerboard,
-    "swiss_roll": swiss_roll,
-    "eight_gaussians": eight_gaussians,
-    "two_modes": two_modes,
+  "checkerboard": checkerboard,
+  "swiss_roll": swiss_roll,
+  "eight_gaussians": eight_gaussians,
+  "two_modes": two_modes,
 }
 
 
@@ -85,7 +85,7 @@ def energy_distance(x: Array, y: Array, chunk: int = 512) -> float:
   def mean_dist(a, b):
     total = 0.0
     for i in range(0, len(a), chunk):
-      total += np.sqrt(np.sum(np.square(a[i:i + chunk, None] - b[None]), -1)).sum()
+      total += np.sqrt(np.sum(np.square(a[i : i + chunk, None] - b[None]), -1)).sum()
     return total / (len(a) * len(b))
 
   return float(2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y))
@@ -106,8 +106,16 @@ def mode_shares(samples: Array) -> list[float]:
 class MLPGenerator(nnx.Module):
   """Noise (B, noise_dim) -> points (B, 2)."""
 
-  def __init__(self, noise_dim: int, hidden: int, depth: int, *, rngs: nnx.Rngs,
-               out_bias: np.ndarray | None = None, out_scale: float = 1.0):
+  def __init__(
+    self,
+    noise_dim: int,
+    hidden: int,
+    depth: int,
+    *,
+    rngs: nnx.Rngs,
+    out_bias: np.ndarray | None = None,
+    out_scale: float = 1.0,
+  ):
     dims = [noise_dim] + [hidden] * depth
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
     self.out = nnx.Linear(hidden, 2, rngs=rngs)
@@ -123,18 +131,23 @@ class MLPGenerator(nnx.Module):
     return self.out(h)
 
 
-def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.FieldConfig,
-                 key: Array) -> dict:
+def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.FieldConfig, key: Array) -> dict:
   """Trains one generator on one target; returns metrics and snapshots of samples."""
   sample_target = TARGETS[name]
   k_model, k_train, k_eval, k_target, k_floor = jax.random.split(key, 5)
   collapsed = name == "two_modes"
-  model = MLPGenerator(cfg.noise_dim, cfg.hidden, cfg.depth, rngs=nnx.Rngs(k_model),
-                       out_bias=TWO_MODE_CENTRES[0] if collapsed else None,
-                       out_scale=cfg.collapsed_out_scale if collapsed else 1.0)
+  model = MLPGenerator(
+    cfg.noise_dim,
+    cfg.hidden,
+    cfg.depth,
+    rngs=nnx.Rngs(k_model),
+    out_bias=TWO_MODE_CENTRES[0] if collapsed else None,
+    out_scale=cfg.collapsed_out_scale if collapsed else 1.0,
+  )
   graphdef, params = nnx.split(model, nnx.Param)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, cfg.steps,
-                                                cfg.lr * cfg.final_lr_fraction)
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr * cfg.final_lr_fraction
+  )
   tx = optax.adam(schedule, b1=0.9, b2=0.99)
   opt_state = tx.init(params)
   ema = params
@@ -160,8 +173,10 @@ def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.Fie
   target_eval = sample_target(k_target, cfg.eval_samples)
   # The floor: the metric between independent draws of the target, averaged over a few pairs (one pair's
   # value varies by tens of percent).
-  floors = [energy_distance(sample_target(k1, cfg.eval_samples), sample_target(k2, cfg.eval_samples))
-            for k1, k2 in jax.random.split(k_floor, (cfg.floor_pairs, 2))]
+  floors = [
+    energy_distance(sample_target(k1, cfg.eval_samples), sample_target(k2, cfg.eval_samples))
+    for k1, k2 in jax.random.split(k_floor, (cfg.floor_pairs, 2))
+  ]
   floor = float(np.mean(floors))
   snap_steps = sorted({int(round(f * cfg.steps)) for f in cfg.snapshot_fractions})
   snapshots = {}
@@ -176,8 +191,9 @@ def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.Fie
     if i + 1 in snap_steps:
       snapshots[i + 1] = np.asarray(generate(ema, k_eval, cfg.plot_samples))
     if (i + 1) % cfg.log_every == 0:
-      logging.info("toy2d %s step %d loss %.4f raw drift norm %s", name, i + 1, float(loss),
-                   np.round(np.asarray(raw), 4).tolist())
+      logging.info(
+        "toy2d %s step %d loss %.4f raw drift norm %s", name, i + 1, float(loss), np.round(np.asarray(raw), 4).tolist()
+      )
   final_samples = generate(ema, k_eval, cfg.eval_samples)
   result["final"] = energy_distance(final_samples, target_eval)
   result["final_over_floor"] = result["final"] / floor
@@ -190,6 +206,7 @@ def train_target(name: str, cfg: ml_collections.ConfigDict, field_cfg: field.Fie
 
 def plot(results: dict, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

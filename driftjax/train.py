@@ -42,6 +42,7 @@ class NonFiniteLossError(FloatingPointError):
 @dataclasses.dataclass
 class Trainer:
   """Everything the loop needs, built once (also used by tests and benchmarks)."""
+
   spec: train_state.StateSpec
   seed: int
   encoder: Any
@@ -85,8 +86,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if jax.process_count() > 1:
     # Across hosts a batch that cannot be split over the devices would be taken as replicated: refuse it.
     if rows % jax.device_count():
-      raise ValueError(f"{rows} real rows per step (data.groups * data.n_pos) must split over "
-                       f"{jax.device_count()} devices")
+      raise ValueError(
+        f"{rows} real rows per step (data.groups * data.n_pos) must split over {jax.device_count()} devices"
+      )
     if config.train.num_devices not in (0, jax.device_count()):
       raise ValueError("train.num_devices must be 0 (all devices) on several hosts")
 
@@ -99,16 +101,31 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   batch_sh = shard_lib.leading_axis(mesh, (cfg.groups * cfg.n_pos,))
   enc_graphdef, enc_state = nnx.split(encoder)
   enc_state = jax.device_put(enc_state, shard_lib.replicated(mesh))
-  step = functools.partial(step_lib.train_step, graphdef=spec.graphdef, enc_graphdef=enc_graphdef, cfg=cfg,
-                           tx=spec.tx, schedule=spec.schedule)
-  step_fn = jax.jit(step, in_shardings=(state_sh, batch_sh, shard_lib.replicated(mesh)),
-                    out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0)
+  step = functools.partial(
+    step_lib.train_step, graphdef=spec.graphdef, enc_graphdef=enc_graphdef, cfg=cfg, tx=spec.tx, schedule=spec.schedule
+  )
+  step_fn = jax.jit(
+    step,
+    in_shardings=(state_sh, batch_sh, shard_lib.replicated(mesh)),
+    out_shardings=(state_sh, shard_lib.replicated(mesh)),
+    donate_argnums=0,
+  )
   init_fn = jax.jit(spec.init, out_shardings=state_sh)
   stats = pipeline.CorpusStats()
   data_iter = build.corpus(config).train_iterator(tokenizer, cfg.groups * cfg.n_pos // jax.process_count(), stats)
   logging.info("data: %s", pipeline.describe_stats(stats))
-  return Trainer(spec=spec, seed=config.seed, encoder=encoder, tokenizer=tokenizer, enc_state=enc_state,
-                 batch_sharding=batch_sh, step_fn=step_fn, init_fn=init_fn, data_iter=data_iter, stats=stats)
+  return Trainer(
+    spec=spec,
+    seed=config.seed,
+    encoder=encoder,
+    tokenizer=tokenizer,
+    enc_state=enc_state,
+    batch_sharding=batch_sh,
+    step_fn=step_fn,
+    init_fn=init_fn,
+    data_iter=data_iter,
+    stats=stats,
+  )
 
 
 class _SigtermFlag:
@@ -144,8 +161,11 @@ def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None, 
   """Stops on a non-finite loss or gradient norm (a NaN gradient poisons the updated parameters)."""
   bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics and not math.isfinite(metrics[k])}
   if bad:
-    where = (f"the last good checkpoint (step {last_saved}) in {workdir}/checkpoints is kept" if last_saved
-             is not None else "no checkpoint was written")
+    where = (
+      f"the last good checkpoint (step {last_saved}) in {workdir}/checkpoints is kept"
+      if last_saved is not None
+      else "no checkpoint was written"
+    )
     what = ", ".join(f"{k} is {v}" for k, v in bad.items())
     raise NonFiniteLossError(f"{what} at step {step}: stopping; {where}")
 
@@ -208,8 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | None
           ckpt_lib.save(mngr, step, state, trainer.data_iter, force=True)
           last_saved = step
           if stop:
-            logging.warning("stopped (%s) after saving step %d", "SIGTERM" if sigterm.set else "stop_after_steps",
-                            step)
+            logging.warning("stopped (%s) after saving step %d", "SIGTERM" if sigterm.set else "stop_after_steps", step)
             break
       if pending is not None:
         report(*pending)
@@ -226,8 +245,9 @@ def _quick_evaluator(config, workdir: str, trainer: Trainer):
   n = config.train.eval_samples
 
   def run_eval(state) -> dict[str, float]:
-    gen = sampler_lib.from_params(config, trainer.graphdef, state["ema"], trainer.cfg.gen, trainer.encoder,
-                                  trainer.tokenizer, batch=n)
+    gen = sampler_lib.from_params(
+      config, trainer.graphdef, state["ema"], trainer.cfg.gen, trainer.encoder, trainer.tokenizer, batch=n
+    )
     rows = gen.records(n, jax.random.key(config.sample.seed))
     scores = evaluate.score([r["token_ids"] for r in rows], trainer.tokenizer, evaluator, eval_tok, config)
     scores["nn_dist"] = float(np.mean([r["nn_dist"] for r in rows]))

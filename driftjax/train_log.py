@@ -91,8 +91,12 @@ class ProgressBar:
   def update(self, step: int, metrics: dict[str, float]) -> None:
     if self.bar is not None:
       self.bar.update(step - self.last)
-      self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", gnorm=f"{metrics['grad_norm']:.3f}",
-                           lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+      self.bar.set_postfix(
+        loss=f"{metrics['loss']:.4f}",
+        gnorm=f"{metrics['grad_norm']:.3f}",
+        lr=f"{metrics['lr']:.2e}",
+        tok_s=f"{metrics['tokens_per_s']:.0f}",
+      )
     self.last = step
 
   def close(self) -> None:

@@ -27,9 +27,17 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
   """out_dim: the encoder's embedding width; vocab_size: the tokenizer's."""
   d = config.data
   return step_lib.StepConfig(
-      gen=build.generator_config(config, out_dim, vocab_size), field=field_lib.FieldConfig.from_settings(config.drift),
-      groups=d.groups, n_gen=d.n_gen, n_pos=d.n_pos, queue_size=d.queue_size, layers=tuple(config.drift.layers),
-      raw=config.drift.raw, poolings=tuple(config.drift.poolings), ema_decay=config.optim.ema_decay)
+    gen=build.generator_config(config, out_dim, vocab_size),
+    field=field_lib.FieldConfig.from_settings(config.drift),
+    groups=d.groups,
+    n_gen=d.n_gen,
+    n_pos=d.n_pos,
+    queue_size=d.queue_size,
+    layers=tuple(config.drift.layers),
+    raw=config.drift.raw,
+    poolings=tuple(config.drift.poolings),
+    ema_decay=config.optim.ema_decay,
+  )
 
 
 def model_signature(cfg: step_lib.StepConfig) -> dict:
@@ -46,6 +54,7 @@ def _generator_factory(gen_cfg: gen_lib.GeneratorConfig, encoder, vocab_size: in
 @dataclasses.dataclass
 class StateSpec:
   """How the train state is built and laid out."""
+
   cfg: step_lib.StepConfig
   mesh: Any
   graphdef: Any  # The generator's.
@@ -69,8 +78,14 @@ def state_spec(config: ml_collections.ConfigDict, encoder, tokenizer) -> StateSp
   tx, schedule = step_lib.make_optimizer(config.optim)
   make_generator = _generator_factory(cfg.gen, encoder, len(tokenizer))
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_generator(jax.random.key(0))))
-  init = functools.partial(step_lib.init_state, graphdef_fn=make_generator, tx=tx, cfg=cfg,
-                           seq_len=config.model.seq_len, eos_id=tokenizer.eos_token_id)
+  init = functools.partial(
+    step_lib.init_state,
+    graphdef_fn=make_generator,
+    tx=tx,
+    cfg=cfg,
+    seq_len=config.model.seq_len,
+    eos_id=tokenizer.eos_token_id,
+  )
   abstract = jax.eval_shape(init, jax.random.key(0))
   n = mesh.shape[shard_lib.DATA]
 
@@ -83,13 +98,13 @@ def state_spec(config: ml_collections.ConfigDict, encoder, tokenizer) -> StateSp
     return shard_lib.replicated(mesh)
 
   shardings = jax.tree_util.tree_map_with_path(leaf_sharding, abstract)
-  return StateSpec(cfg=cfg, mesh=mesh, graphdef=graphdef, init=init, shardings=shardings, tx=tx,
-                   schedule=schedule)
+  return StateSpec(cfg=cfg, mesh=mesh, graphdef=graphdef, init=init, shardings=shardings, tx=tx, schedule=schedule)
 
 
 @dataclasses.dataclass
 class GeneratorSpec:
   """The generator alone: its graph, its parameters' shapes (replicated), and its settings."""
+
   cfg: step_lib.StepConfig
   graphdef: Any
   abstract_params: Any

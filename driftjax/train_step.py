@@ -28,6 +28,7 @@ TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """Static settings of the step (hashable)."""
+
   gen: gen_lib.GeneratorConfig
   field: field_lib.FieldConfig
   groups: int
@@ -47,32 +48,48 @@ class StepConfig:
 def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with linear warmup then cosine decay, after global-norm clipping; no decay of vectors (norms, biases)."""
   if not 0 <= optim.warmup_steps < optim.total_steps:
-    raise ValueError(f"optim.warmup_steps={optim.warmup_steps} must be in [0, optim.total_steps="
-                     f"{optim.total_steps})")
+    raise ValueError(f"optim.warmup_steps={optim.warmup_steps} must be in [0, optim.total_steps={optim.total_steps})")
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim.lr, warmup_steps=optim.warmup_steps, decay_steps=optim.total_steps,
-      end_value=optim.lr * optim.final_lr_fraction)
+    init_value=0.0,
+    peak_value=optim.lr,
+    warmup_steps=optim.warmup_steps,
+    decay_steps=optim.total_steps,
+    end_value=optim.lr * optim.final_lr_fraction,
+  )
   tx = optax.chain(
-      optax.clip_by_global_norm(optim.clip),
-      optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
-                  mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)))
+    optax.clip_by_global_norm(optim.clip),
+    optax.adamw(
+      schedule,
+      b1=optim.b1,
+      b2=optim.b2,
+      weight_decay=optim.weight_decay,
+      mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params),
+    ),
+  )
   return tx, schedule
 
 
-def init_state(key: Array, graphdef_fn, tx: optax.GradientTransformation, cfg: StepConfig, seq_len: int,
-               eos_id: int) -> TrainState:
+def init_state(
+  key: Array, graphdef_fn, tx: optax.GradientTransformation, cfg: StepConfig, seq_len: int, eos_id: int
+) -> TrainState:
   """A fresh state; graphdef_fn(key) builds the generator (so that jit can create it sharded)."""
   k_model, k_rng = jax.random.split(key)
   params = nnx.state(graphdef_fn(k_model), nnx.Param)
   return {
-      "step": jnp.zeros((), jnp.int32),
-      "params": params,
-      "ema": jax.tree.map(jnp.copy, params),
-      "opt_state": tx.init(params),
-      "rng": jax.random.key_data(k_rng),
-      # Without a queue there is nothing to hold (and orbax cannot save zero-size arrays).
-      **({"queue": jnp.full((cfg.groups, cfg.queue_size, seq_len), eos_id, jnp.int32),
-          "queue_filled": jnp.zeros((cfg.groups, cfg.queue_size), jnp.float32)} if cfg.queue_size else {}),
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "ema": jax.tree.map(jnp.copy, params),
+    "opt_state": tx.init(params),
+    "rng": jax.random.key_data(k_rng),
+    # Without a queue there is nothing to hold (and orbax cannot save zero-size arrays).
+    **(
+      {
+        "queue": jnp.full((cfg.groups, cfg.queue_size, seq_len), eos_id, jnp.int32),
+        "queue_filled": jnp.zeros((cfg.groups, cfg.queue_size), jnp.float32),
+      }
+      if cfg.queue_size
+      else {}
+    ),
   }
 
 
@@ -86,8 +103,17 @@ def feature_dict(encoder, emb: Array | None, ids: Array | None, cfg: StepConfig)
   return feat_lib.pool_features(hidden, cfg.poolings)
 
 
-def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_graphdef, cfg: StepConfig,
-               tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict[str, Array]]:
+def train_step(
+  state: TrainState,
+  real_ids: Array,
+  enc_state,
+  *,
+  graphdef,
+  enc_graphdef,
+  cfg: StepConfig,
+  tx: optax.GradientTransformation,
+  schedule,
+) -> tuple[TrainState, dict[str, Array]]:
   """One update. real_ids: (G * n_pos, L) int32 fresh real rows, group-major."""
   encoder = nnx.merge(enc_graphdef, jax.lax.stop_gradient(enc_state))
   g, length = cfg.groups, real_ids.shape[1]
@@ -105,8 +131,9 @@ def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_g
 
   def loss_fn(params):
     emb = gen_lib.to_embeddings(nnx.merge(graphdef, params)(noise, style), table, cfg.gen)
-    loss, metrics = losses_lib.drift_losses(feature_dict(encoder, emb, None, cfg), pos_feats, pos_w, cfg.groups,
-                                            cfg.field)
+    loss, metrics = losses_lib.drift_losses(
+      feature_dict(encoder, emb, None, cfg), pos_feats, pos_w, cfg.groups, cfg.field
+    )
     return loss, metrics
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -114,10 +141,9 @@ def train_step(state: TrainState, real_ids: Array, enc_state, *, graphdef, enc_g
   params = optax.apply_updates(state["params"], updates)
   ema = optax.incremental_update(params, state["ema"], 1.0 - cfg.ema_decay)
 
-  new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state,
-               "rng": state["rng"]}
+  new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state, "rng": state["rng"]}
   if cfg.queue_size:  # FIFO: newest first, oldest drop out.
-    new_state["queue"] = pos_ids[:, :cfg.queue_size]
-    new_state["queue_filled"] = pos_w[:, :cfg.queue_size]
+    new_state["queue"] = pos_ids[:, : cfg.queue_size]
+    new_state["queue_filled"] = pos_w[:, : cfg.queue_size]
   metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
   return new_state, metrics

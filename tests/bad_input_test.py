@@ -39,7 +39,8 @@ def tiny(tmp_path, text: str | bytes | None = None):
 
 def nothing_written(workdir) -> bool:
   return not os.path.exists(os.path.join(workdir, "checkpoints")) and not os.path.exists(
-      os.path.join(workdir, "metrics.jsonl"))
+    os.path.join(workdir, "metrics.jsonl")
+  )
 
 
 @pytest.mark.parametrize("text", ["", " \n\t\n  \n"], ids=["empty", "whitespace"])
@@ -95,9 +96,13 @@ def test_checkpoint_from_a_different_model_size(tmp_path):
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   bigger = tiny(tmp_path)
   bigger.model.width = 128
-  with pytest.raises(ValueError, match=re.escape(
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
       f"the checkpoints in {workdir} were written for a different model: model.width=64 there, 128 here. "
-      "Use another --workdir, or the settings it was trained with.")):
+      "Use another --workdir, or the settings it was trained with."
+    ),
+  ):
     train.run(bigger, workdir)
   with pytest.raises(ValueError, match=re.escape("model.width=64 there, 128 here")):
     sample.run(bigger, workdir)
@@ -106,20 +111,37 @@ def test_checkpoint_from_a_different_model_size(tmp_path):
 
 
 def test_config_override_of_wrong_type(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "driftjax.main", "--config=configs/smoke.py",
-                         f"--workdir={tmp_path}/run", "--config.optim.total_steps=many"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "driftjax.main",
+      "--config=configs/smoke.py",
+      f"--workdir={tmp_path}/run",
+      "--config.optim.total_steps=many",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0
-  assert ("flag --config.optim.total_steps=many: invalid literal for int() with base 10: 'many'"
-          in proc.stderr), proc.stderr
+  assert "flag --config.optim.total_steps=many: invalid literal for int() with base 10: 'many'" in proc.stderr, (
+    proc.stderr
+  )
   assert not os.path.exists(tmp_path / "run")
 
 
 def test_workdir_that_is_not_writable(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
-  proc = subprocess.run([sys.executable, "-m", "driftjax.main", "--config=configs/smoke.py",
-                         f"--workdir={blocker}/run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "driftjax.main", "--config=configs/smoke.py", f"--workdir={blocker}/run"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert f"--workdir {blocker}/run is not a writable folder (NotADirectoryError: Not a directory)" in proc.stderr
   assert blocker.read_text() == "not a folder"
@@ -134,8 +156,13 @@ def test_evaluator_whose_vocabulary_differs(tmp_path):
   build.write_random_encoder(small, evaluator_dir, vocab_size=300, eos_id=0)
   config.eval.evaluator, config.eval.evaluator_tokenizer = evaluator_dir, "gpt2"
   encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir)
-  with pytest.raises(ValueError, match=re.escape(f"evaluator {evaluator_dir!r} has 300 token embeddings but its "
-                                                 "tokenizer has 50257 tokens: they do not belong together")):
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      f"evaluator {evaluator_dir!r} has 300 token embeddings but its "
+      "tokenizer has 50257 tokens: they do not belong together"
+    ),
+  ):
     build.load_evaluator(config, workdir, encoder, tokenizer)
   with pytest.raises(ValueError, match=re.escape(f"evaluator {evaluator_dir!r} has 300 token embeddings")):
     evaluate.run(config, workdir, samples_path=_one_sample_file(tmp_path))

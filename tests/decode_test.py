@@ -64,8 +64,9 @@ def test_memory_bounded_for_default_batch():
   chunk = max(64, min(8192, 50257, (1 << 25) // (64 * 256)))  # As decode_tokens chooses it.
 
   def temp_bytes(c):
-    compiled = decode._decode_flat.lower(rows, table, jax.random.key(0), jnp.float32(1.0), metric="l2",
-                                         chunk=c, top_k=0, greedy=True).compile()
+    compiled = decode._decode_flat.lower(
+      rows, table, jax.random.key(0), jnp.float32(1.0), metric="l2", chunk=c, top_k=0, greedy=True
+    ).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
   bounded = temp_bytes(chunk)
@@ -89,5 +90,4 @@ def test_vocab_head_outputs_decode_by_their_logits():
   # Sampling at a temperature follows softmax(logits / T).
   flat = jnp.broadcast_to(jnp.log(jnp.array([0.5, 0.3, 0.2, 1e-9, 1e-9, 1e-9])), (1, 4000, 6))
   draws, _ = decode.decode_outputs(flat, table, cfg, temperature=1.0, key=jax.random.key(3))
-  np.testing.assert_allclose(np.bincount(np.asarray(draws).ravel(), minlength=6)[:3] / 4000, [0.5, 0.3, 0.2],
-                             atol=0.03)
+  np.testing.assert_allclose(np.bincount(np.asarray(draws).ravel(), minlength=6)[:3] / 4000, [0.5, 0.3, 0.2], atol=0.03)

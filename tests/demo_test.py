@@ -15,9 +15,12 @@ def _row(**kw):
 
 
 def test_targets_measure_each_goal():
-  rows = {"init": _row(gen_ppl=1000.0), "final": _row(gen_ppl=30.0, entropy=3.2, grammatical_rate=0.85,
-                                                      copy_rate=0.05),
-          "data": _row(gen_ppl=10.0), "ar": _row()}
+  rows = {
+    "init": _row(gen_ppl=1000.0),
+    "final": _row(gen_ppl=30.0, entropy=3.2, grammatical_rate=0.85, copy_rate=0.05),
+    "data": _row(gen_ppl=10.0),
+    "ar": _row(),
+  }
   t = demo.targets(rows)
   assert t["gen_ppl_init_over_final"] == {"value": pytest.approx(1000 / 30), "target": ">= 10", "met": True}
   assert t["gen_ppl_final_over_data"]["value"] == pytest.approx(3.0) and not t["gen_ppl_final_over_data"]["met"]

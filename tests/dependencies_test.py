@@ -104,10 +104,11 @@ def test_test_imports_are_runtime_or_dev_dependencies():
 
 def test_the_check_catches_an_undeclared_import(tmp_path):
   source = tmp_path / "mod.py"
-  source.write_text("import os\nimport numpy as np\n\ndef f():\n  from tqdm import tqdm\n"
-                    "try:\n  import nltk\nexcept ImportError as e:\n  raise ImportError('pip install') from e\n")
-  assert [(m, g) for m, _, g in imports(source)] == [("os", False), ("numpy", False), ("tqdm", False),
-                                                      ("nltk", True)]
+  source.write_text(
+    "import os\nimport numpy as np\n\ndef f():\n  from tqdm import tqdm\n"
+    "try:\n  import nltk\nexcept ImportError as e:\n  raise ImportError('pip install') from e\n"
+  )
+  assert [(m, g) for m, _, g in imports(source)] == [("os", False), ("numpy", False), ("tqdm", False), ("nltk", True)]
   problems = undeclared([source], {"numpy"}, {"numpy", "nltk"})
   assert problems == [f"{source}:5: tqdm (distribution tqdm) is not declared"]
   assert undeclared([source], {"numpy"}, {"numpy"})[1].endswith("7: nltk (distribution nltk) is not declared")

@@ -38,9 +38,13 @@ def test_local_encoder_folder_and_too_long_sequence():
 
 
 def test_describe_mode_prints_one_json_object(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "driftjax.main", "--config=configs/default.py",
-                         f"--workdir={tmp_path}", "--mode=describe"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "driftjax.main", "--config=configs/default.py", f"--workdir={tmp_path}", "--mode=describe"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   info = json.loads(proc.stdout)
   assert {"generator_params", "encoder_params", "seq_len", "global_batch", "train_flops_per_step"} <= set(info)
@@ -54,6 +58,7 @@ def test_field_flops_match_the_actual_feature_shapes():
   from driftjax import train_step
   from driftjax.drift import features
   from driftjax.models import gpt2
+
   config = default_config.get_config()
   config.encoder.name = TINY
   config.model.seq_len = 32
@@ -81,6 +86,7 @@ def test_field_flops_match_the_actual_feature_shapes():
 
 def test_demo_config_counts_flat_features_whole():
   from configs import demo as demo_config
+
   config = demo_config.get_config()
   info = describe.describe(config)  # No pretrained encoder yet: its shape comes from config.pretrain.
   width = config.model.seq_len * config.pretrain.n_embd

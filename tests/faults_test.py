@@ -73,11 +73,24 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, tmp_path
 
 
 def _main(workdir, *extra):
-  cmd = [sys.executable, "-m", "driftjax.main", "--config=configs/smoke.py", f"--workdir={workdir}",
-         "--config.drift.layers=(2,)", "--config.drift.poolings=('pos','mean','win4_std')",
-         "--config.data.n_gen=8", "--config.data.n_pos=8", "--config.data.queue_size=8",
-         "--config.optim.warmup_steps=2", "--config.optim.total_steps=10", "--config.train.log_every=1",
-         "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2", *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "driftjax.main",
+    "--config=configs/smoke.py",
+    f"--workdir={workdir}",
+    "--config.drift.layers=(2,)",
+    "--config.drift.poolings=('pos','mean','win4_std')",
+    "--config.data.n_gen=8",
+    "--config.data.n_pos=8",
+    "--config.data.queue_size=8",
+    "--config.optim.warmup_steps=2",
+    "--config.optim.total_steps=10",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=1",
+    "--config.train.keep_checkpoints=2",
+    *extra,
+  ]
   return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -108,6 +121,7 @@ def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_result(tmp_path)
   assert saved_steps(workdir)[-1] == 10
   # The uninterrupted run, in this process with the same settings.
   from configs import smoke
+
   config = smoke.get_config()
   config.drift.layers, config.drift.poolings = (2,), ("pos", "mean", "win4_std")
   config.data.n_gen = config.data.n_pos = config.data.queue_size = 8

@@ -22,8 +22,7 @@ def test_global_mean_std_rms_by_hand():
 def test_windows_by_hand():
   chex.assert_trees_all_close(features.window_mean(H, window=4), jnp.array([[[1.5, 3.0], [5.5, 3.0]]]))
   std4 = np.sqrt(1.25)  # Population std of 4 consecutive integers.
-  chex.assert_trees_all_close(features.window_std(H, window=4)[..., 0], jnp.array([[std4, std4]]),
-                              atol=1e-6)
+  chex.assert_trees_all_close(features.window_std(H, window=4)[..., 0], jnp.array([[std4, std4]]), atol=1e-6)
   h16 = jnp.arange(32.0).reshape(1, 32, 1)
   chex.assert_shape(features.window_mean(h16, window=16), (1, 2, 1))
   chex.assert_trees_all_close(features.window_mean(h16, window=16)[0, :, 0], jnp.array([7.5, 23.5]))
@@ -69,14 +68,19 @@ def test_std_gradient_finite_on_constant_windows():
   chex.assert_tree_all_finite(grad)
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: features.global_mean(jnp.zeros((8, 2))), r"must be \(B, L, C\), got shape \(8, 2\)"),
     (lambda: features.window_mean(jnp.zeros((1, 10, 2)), window=4), "window 4 must divide .* 10"),
-    (lambda: features.global_mean(jnp.zeros((2, 8, 2)), jnp.ones((2, 7))),
-     r"mask must be \(B, L\) = \(2, 8\), got \(2, 7\)"),
+    (
+      lambda: features.global_mean(jnp.zeros((2, 8, 2)), jnp.ones((2, 7))),
+      r"mask must be \(B, L\) = \(2, 8\), got \(2, 7\)",
+    ),
     (lambda: features.pool_features({"raw": jnp.zeros((2, 8, 2))}, ("median",)), "unknown pooling 'median'"),
     (lambda: features.to_groups(jnp.zeros((5, 1, 2)), 2), "batch 5 is not divisible into 2 groups"),
-])
+  ],
+)
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
     call()

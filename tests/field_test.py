@@ -46,7 +46,7 @@ def reference_field(x, pos, neg, temps, include_gen=True):
     w_pos = a_pos * a_neg.sum(1, keepdims=True)
     w_neg = a_neg * a_pos.sum(1, keepdims=True)
     v = w_pos @ yn[n_neg:] - w_neg @ yn[:n_neg] - (w_pos.sum(1) - w_neg.sum(1))[:, None] * xn
-    total = total + v / np.sqrt(np.mean(v ** 2))
+    total = total + v / np.sqrt(np.mean(v**2))
   return total, s
 
 
@@ -59,7 +59,7 @@ def test_shapes_and_diagnostics(jit):
   chex.assert_shape(aux["scale"], ())
   chex.assert_tree_all_finite((v, aux))
   # Each temperature's field is normalized to unit RMS, so the sum has RMS at most len(temperatures).
-  assert 0.5 < float(jnp.sqrt(jnp.mean(v ** 2))) <= 3.0 + 1e-5
+  assert 0.5 < float(jnp.sqrt(jnp.mean(v**2))) <= 3.0 + 1e-5
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -83,8 +83,7 @@ def test_anti_symmetry(jit):
 @pytest.mark.parametrize("jit", [False, True])
 def test_zero_at_equilibrium(jit):
   x, p = _normal(0, (2, 8, 4)), _normal(1, (2, 12, 4))
-  v, aux = _field(x, p, p, jit=jit, config=field.FieldConfig(
-      include_generated_negatives=False, drift_norm="none"))
+  v, aux = _field(x, p, p, jit=jit, config=field.FieldConfig(include_generated_negatives=False, drift_norm="none"))
   chex.assert_trees_all_close(v, jnp.zeros_like(v), atol=1e-6)
   chex.assert_trees_all_close(aux["raw_drift_norm"], jnp.zeros(3), atol=1e-6)
 
@@ -96,7 +95,7 @@ def test_multi_temperature_is_sum_of_single_normalized_fields():
   parts = [_field(x, pos, neg, config=field.FieldConfig(temperatures=(t,)))[0] for t in temps]
   chex.assert_trees_all_close(v, sum(parts), atol=1e-5)
   for part in parts:
-    np.testing.assert_allclose(float(jnp.mean(part ** 2)), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(float(jnp.mean(part**2)), 1.0, rtol=1e-4)
 
 
 @pytest.mark.parametrize("factor", [1e-3, 7.0, 1e3])
@@ -168,7 +167,7 @@ def test_loss_value_and_gradient_are_the_field():
   x, pos = _normal(0, (2, 8, 4)), _normal(1, (2, 10, 4), 0.5)
   loss, aux = field.drift_loss(x, pos)
   v, _ = _field(x, pos)
-  np.testing.assert_allclose(float(loss), float(jnp.mean(v ** 2)), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(jnp.mean(v**2)), rtol=1e-5)
   # d loss / d x = -2 V / (s' * numel): descending the loss moves x along V.
   grad = jax.grad(lambda a: field.drift_loss(a, pos)[0])(x)
   s_prime = aux["scale"] / 2.0  # sqrt(C) = 2.
@@ -207,12 +206,15 @@ def test_temperature_units_switch():
   assert float(jnp.abs(v_port - v_paper).max()) > 1e-2
 
 
-@pytest.mark.parametrize("shapes, match", [
+@pytest.mark.parametrize(
+  "shapes, match",
+  [
     (((8, 4), (2, 10, 4)), r"generated features must be \(G, N, C\), got shape \(8, 4\)"),
     (((2, 8, 4), (2, 10, 5)), r"positives must be \(G, M, C\) = \(2, M, 4\) .* got \(2, 10, 5\)"),
     (((2, 8, 4), (3, 10, 4)), r"positives must be .* got \(3, 10, 4\)"),
     (((2, 8, 4), (10, 4)), r"positives must be .* got \(10, 4\)"),
-])
+  ],
+)
 def test_bad_shapes_raise_naming_shapes(shapes, match):
   x_shape, p_shape = shapes
   with pytest.raises(ValueError, match=match):

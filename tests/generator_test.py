@@ -10,8 +10,9 @@ from flax import nnx
 
 from driftjax.models import generator as gen
 
-CFG = gen.GeneratorConfig(seq_len=16, width=32, depth=2, heads=4, noise_dim=8, out_dim=24, style_tokens=4,
-                          style_codebook=8)
+CFG = gen.GeneratorConfig(
+  seq_len=16, width=32, depth=2, heads=4, noise_dim=8, out_dim=24, style_tokens=4, style_codebook=8
+)
 
 
 def make(cfg=CFG, mean=None):
@@ -142,8 +143,7 @@ def test_attention_equals_einsum_reference():
   model = make()
   x = 3 * jax.random.normal(jax.random.key(10), (2, 16, 32))  # Large enough for peaked attention rows.
   for block in model.blocks:
-    chex.assert_trees_all_close(jax.jit(block.attn.__call__)(x), einsum_attention(block.attn, x), atol=1e-5,
-                                rtol=1e-5)
+    chex.assert_trees_all_close(jax.jit(block.attn.__call__)(x), einsum_attention(block.attn, x), atol=1e-5, rtol=1e-5)
 
 
 def test_remat_gives_same_outputs_and_gradients():
@@ -157,8 +157,7 @@ def test_remat_gives_same_outputs_and_gradients():
   target = jax.random.normal(jax.random.key(13), (2, 16, 24))
 
   def loss(graphdef):
-    return jax.jit(jax.value_and_grad(
-        lambda p: jnp.mean((nnx.merge(graphdef, p)(noise, style) - target) ** 2)))
+    return jax.jit(jax.value_and_grad(lambda p: jnp.mean((nnx.merge(graphdef, p)(noise, style) - target) ** 2)))
 
   value_p, grads_p = loss(graphdef_p)(params)
   value_r, grads_r = loss(graphdef_r)(params)
@@ -170,6 +169,7 @@ def test_remat_gives_same_outputs_and_gradients():
 
 def test_attention_implementation_choice():
   from driftjax.models import attention
+
   assert attention.implementation(jnp.bfloat16, 64, backend="gpu") == "cudnn"
   assert attention.implementation(jnp.float16, 128, backend="cuda") == "cudnn"
   assert attention.implementation(jnp.float32, 64, backend="gpu") == "xla"  # cuDNN's kernel takes bf16/fp16.

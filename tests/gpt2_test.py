@@ -25,8 +25,9 @@ def test_golden_hidden_states_and_logits(tiny):
   out = tiny(input_ids=jnp.asarray(golden["input_ids"]), hidden_layers=range(n_layer + 1), logits=True)
   assert golden["hidden_states"].shape[0] == n_layer + 1
   for i in range(n_layer + 1):
-    np.testing.assert_allclose(np.asarray(out["hidden"][i]), golden["hidden_states"][i], atol=1e-5, rtol=1e-5,
-                               err_msg=f"hidden state {i}")
+    np.testing.assert_allclose(
+      np.asarray(out["hidden"][i]), golden["hidden_states"][i], atol=1e-5, rtol=1e-5, err_msg=f"hidden state {i}"
+    )
   np.testing.assert_allclose(np.asarray(out["logits"]), golden["logits"], atol=1e-5, rtol=1e-5)
 
 
@@ -71,8 +72,9 @@ def test_save_and_reload_round_trip(tiny, tmp_path):
   gpt2.save_gpt2(tiny, str(tmp_path / "copy"))
   again = gpt2.load_gpt2(str(tmp_path / "copy"))
   ids = jnp.arange(10)[None]
-  chex.assert_trees_all_close(tiny(input_ids=ids, logits=True)["logits"],
-                              again(input_ids=ids, logits=True)["logits"], atol=1e-6)
+  chex.assert_trees_all_close(
+    tiny(input_ids=ids, logits=True)["logits"], again(input_ids=ids, logits=True)["logits"], atol=1e-6
+  )
 
 
 def test_bfloat16_compute_is_close(tiny):
@@ -91,6 +93,7 @@ def test_missing_folder_and_missing_tensor_are_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="no config.json in"):
     gpt2.load_gpt2(str(tmp_path / "empty"))
   from safetensors.numpy import load_file, save_file
+
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "config.json").write_text(open(os.path.join(TINY, "config.json")).read())
@@ -161,10 +164,10 @@ def test_cached_step_equals_einsum_reference(tiny):
   k_cache, v_cache = 100 * noise[0], 100 * noise[1]  # Slots not yet written must not be attended to.
   step = jax.jit(gpt2._block_step)
   for pos in range(length):
-    x = xs[:, pos:pos + 1]
+    x = xs[:, pos : pos + 1]
     out, k_cache, v_cache = step(block, x, k_cache, v_cache, jnp.int32(pos))
     chex.assert_trees_all_close(out, einsum_block_step(block, x, k_cache, v_cache, pos), atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(out, full[:, pos:pos + 1], atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(out, full[:, pos : pos + 1], atol=1e-5, rtol=1e-5)
 
 
 def test_remat_gives_same_features_and_gradients(tiny):
@@ -173,8 +176,11 @@ def test_remat_gives_same_features_and_gradients(tiny):
 
   def grad_fn(model):
     graphdef, state = nnx.split(model)
-    return jax.jit(jax.value_and_grad(
-        lambda e: jnp.sum(nnx.merge(graphdef, state)(inputs_embeds=e, hidden_layers=(1, 3))["hidden"][3] ** 2)))
+    return jax.jit(
+      jax.value_and_grad(
+        lambda e: jnp.sum(nnx.merge(graphdef, state)(inputs_embeds=e, hidden_layers=(1, 3))["hidden"][3] ** 2)
+      )
+    )
 
   value, grads = grad_fn(tiny)(emb)
   value_r, grads_r = grad_fn(remat)(emb)

@@ -9,13 +9,24 @@ import ast
 import os
 
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "driftjax")
-MODES = {"driftjax.train", "driftjax.sample", "driftjax.evaluate", "driftjax.pretrain", "driftjax.demo",
-         "driftjax.describe", "driftjax.toy2d"}
+MODES = {
+  "driftjax.train",
+  "driftjax.sample",
+  "driftjax.evaluate",
+  "driftjax.pretrain",
+  "driftjax.demo",
+  "driftjax.describe",
+  "driftjax.toy2d",
+}
 # The only imports of one mode module by another: training's quick evaluations, and the demo, which runs the
 # others in turn.
-MODE_TO_MODE = {("driftjax.train", "driftjax.evaluate"), ("driftjax.demo", "driftjax.train"),
-                ("driftjax.demo", "driftjax.sample"), ("driftjax.demo", "driftjax.evaluate"),
-                ("driftjax.demo", "driftjax.pretrain")}
+MODE_TO_MODE = {
+  ("driftjax.train", "driftjax.evaluate"),
+  ("driftjax.demo", "driftjax.train"),
+  ("driftjax.demo", "driftjax.sample"),
+  ("driftjax.demo", "driftjax.evaluate"),
+  ("driftjax.demo", "driftjax.pretrain"),
+}
 
 
 def _module_name(path: str) -> str:
@@ -52,7 +63,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     stack.append(node)
     for nxt in sorted(graph.get(node, ())):
       if state.get(nxt) == "open":
-        return stack[stack.index(nxt):] + [nxt]
+        return stack[stack.index(nxt) :] + [nxt]
       if nxt not in state and (cycle := visit(nxt)):
         return cycle
     state[node] = "done"
@@ -78,8 +89,12 @@ def test_no_import_cycle():
 
 def test_layers_go_one_way():
   graph = import_graph()
-  back = sorted((a, b) for a, bs in graph.items() for b in bs if b in MODES and (a, b) not in MODE_TO_MODE
-                and a not in ("driftjax.main", "driftjax.modes"))
+  back = sorted(
+    (a, b)
+    for a, bs in graph.items()
+    for b in bs
+    if b in MODES and (a, b) not in MODE_TO_MODE and a not in ("driftjax.main", "driftjax.modes")
+  )
   assert not back, f"imports of mode modules from below or across: {back}"
   for name, edges in graph.items():
     if name.startswith("driftjax.drift"):  # Pure math: jax only.

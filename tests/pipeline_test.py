@@ -11,7 +11,6 @@ from driftjax.data import pipeline
 from driftjax.data import tokenizer as tok_lib
 
 
-
 @pytest.fixture(scope="module")
 def tok():
   return tok_lib.load_tokenizer("gpt2")
@@ -57,10 +56,13 @@ def test_invalid_utf8_names_the_file(tmp_path):
     pipeline.read_files(str(tmp_path / "bad.txt"))
 
 
-@pytest.mark.parametrize("content, match", [
+@pytest.mark.parametrize(
+  "content, match",
+  [
     ("", "no non-empty document"),
     ("   \n\n \t\n", "no non-empty document"),
-])
+  ],
+)
 def test_empty_or_whitespace_corpus_is_an_error(tmp_path, tok, content, match):
   (tmp_path / "e.txt").write_text(content)
   docs = pipeline.read_files(str(tmp_path / "e.txt"))

@@ -179,9 +179,13 @@ def test_config_that_does_not_match_the_run_is_a_clear_error(trained):
   other.model.dtype = "bfloat16"  # A compute dtype is not a model setting: not named.
   before = _tree(workdir)
   for mode in ("sample", "eval"):
-    with pytest.raises(ValueError, match=re.escape(
+    with pytest.raises(
+      ValueError,
+      match=re.escape(
         f"--config does not describe the model trained in {workdir}: encoder.random.n_layer=2 there, 3 here; "
-        f"model.width={config.model.width} there, {2 * config.model.width} here. Leave out --config")):
+        f"model.width={config.model.width} there, {2 * config.model.width} here. Leave out --config"
+      ),
+    ):
       modes.run(mode, other, workdir)
   assert _tree(workdir) == before
 
@@ -191,7 +195,6 @@ def test_console_command(tmp_path):
   assert os.path.exists(exe), "the driftjax console command is not installed (pip install -e .)"
   proc = subprocess.run([exe, "--helpfull"], capture_output=True, text=True, timeout=60)
   assert "driftjax.main:" in proc.stdout and "--workdir" in proc.stdout and "--config" in proc.stdout
-  proc = subprocess.run([exe, f"--workdir={tmp_path}", "--mode=sample"], capture_output=True, text=True,
-                        timeout=60)
+  proc = subprocess.run([exe, f"--workdir={tmp_path}", "--mode=sample"], capture_output=True, text=True, timeout=60)
   assert proc.returncode != 0 and "is not a driftjax run folder" in proc.stderr
   assert not os.listdir(tmp_path)

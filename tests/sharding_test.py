@@ -52,13 +52,15 @@ def test_fsdp_spec_rules():
 
 def jax_spec(*axes):
   from jax.sharding import PartitionSpec
+
   return PartitionSpec(*axes)
 
 
 def test_eight_devices_match_one(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.split("RESULT")[-1])
   assert result["dp8"]["devices"] == 8 and result["one"]["devices"] == 1

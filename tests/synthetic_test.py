@@ -47,6 +47,7 @@ def test_eval_reports_grammar_metrics_for_the_synthetic_corpus():
   from driftjax.data import pipeline
   from driftjax.data import tokenizer as tok_lib
   from driftjax.models import gpt2
+
   config = default.get_config()
   config.data.source = "synthetic"
   config.data.synthetic_docs = 40

@@ -62,6 +62,7 @@ def test_perplexity_of_a_known_lm(unigram_lm):
 
 def jax_log_softmax(x):
   import jax
+
   return jax.nn.log_softmax(x)
 
 
@@ -77,12 +78,16 @@ def test_evaluator_rows_mask_up_to_first_eos():
 def test_real_text_scores_lower_than_shuffled(tmp_path):
   """A tiny LM trained briefly on stories finds real text likelier than the same tokens shuffled."""
   from driftjax import pretrain
+
   tok = tok_lib.load_tokenizer("gpt2")
-  stories = ["Once upon a time, there was a little girl named Lily. She liked to play in the park.",
-             "Once upon a time, there was a little boy named Tom. He liked to play with his dog.",
-             "One day, the girl saw a big red ball. She was very happy and played with it all day."] * 8
-  model = pretrain.train_lm(stories, tok, n_layer=1, n_embd=32, n_head=2, seq_len=32, steps=150, batch=8,
-                            lr=3e-3, seed=0)
+  stories = [
+    "Once upon a time, there was a little girl named Lily. She liked to play in the park.",
+    "Once upon a time, there was a little boy named Tom. He liked to play with his dog.",
+    "One day, the girl saw a big red ball. She was very happy and played with it all day.",
+  ] * 8
+  model = pretrain.train_lm(
+    stories, tok, n_layer=1, n_embd=32, n_head=2, seq_len=32, steps=150, batch=8, lr=3e-3, seed=0
+  )
   real = stories[:3]
   rng = np.random.default_rng(0)
   shuffled = [tok.decode(rng.permutation(tok.encode(t)).tolist()) for t in real]
@@ -126,7 +131,9 @@ def test_mauve_of_a_set_against_itself_is_one_and_against_another_is_lower():
   rng = np.random.default_rng(0)
 
   def random_rows(n=40):
-    return text_metrics.mauve_features(model, [rng.integers(0, 512, size=rng.integers(4, 16)).tolist() for _ in range(n)])
+    return text_metrics.mauve_features(
+      model, [rng.integers(0, 512, size=rng.integers(4, 16)).tolist() for _ in range(n)]
+    )
 
   p, p_again = random_rows(), random_rows()
   collapsed = text_metrics.mauve_features(model, [[7] * int(rng.integers(4, 16)) for _ in range(40)])

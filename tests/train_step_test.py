@@ -74,5 +74,6 @@ def test_remat_gives_same_loss_and_gradients(tmp_path):
   np.testing.assert_allclose(remat["grad_norm"], plain["grad_norm"], rtol=1e-5)
   # After one step Adam's moments are (1 - b1) g and (1 - b2) g^2 of the clipped gradient g: compare those,
   # each leaf to 1e-5 of its largest entry (float32 rounding: XLA fuses the recomputed forward differently).
-  jax.tree.map(lambda r, p: np.testing.assert_allclose(r, p, rtol=1e-5, atol=1e-5 * np.abs(p).max()),
-               remat_opt, plain_opt)
+  jax.tree.map(
+    lambda r, p: np.testing.assert_allclose(r, p, rtol=1e-5, atol=1e-5 * np.abs(p).max()), remat_opt, plain_opt
+  )

@@ -67,6 +67,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
 
 def test_checkpoint_round_trip(tmp_path):
   from driftjax import checkpoint as ckpt
+
   config = tiny_config()
   trainer = train.setup(config, str(tmp_path))
   state = trainer.init_state()
@@ -98,8 +99,19 @@ def test_train_step_updates_queue_fifo(tmp_path):
 
 
 def test_learning_rate_schedule_and_ema_by_hand():
-  optim = ml_collections.ConfigDict(dict(lr=1.0, b1=0.9, b2=0.95, weight_decay=0.0, warmup_steps=4,
-                                         total_steps=12, final_lr_fraction=0.1, clip=1e9, ema_decay=0.9))
+  optim = ml_collections.ConfigDict(
+    dict(
+      lr=1.0,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=0.0,
+      warmup_steps=4,
+      total_steps=12,
+      final_lr_fraction=0.1,
+      clip=1e9,
+      ema_decay=0.9,
+    )
+  )
   _, schedule = train_step.make_optimizer(optim)
   assert float(schedule(0)) == 0.0
   assert float(schedule(2)) == pytest.approx(0.5)  # Linear warmup.
@@ -130,8 +142,16 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
 
 
 def _run_main(workdir, *extra, **popen):
-  cmd = [sys.executable, "-m", "driftjax.main", "--config=configs/smoke.py", f"--workdir={workdir}",
-         "--config.drift.layers=(2,)", "--config.drift.poolings=('pos','mean')", *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "driftjax.main",
+    "--config=configs/smoke.py",
+    f"--workdir={workdir}",
+    "--config.drift.layers=(2,)",
+    "--config.drift.poolings=('pos','mean')",
+    *extra,
+  ]
   return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -150,8 +170,11 @@ def saved_steps(workdir) -> list[int]:
 
 
 def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
-  long_run = ("--config.optim.total_steps=100000", "--config.optim.warmup_steps=10",
-              "--config.train.checkpoint_every=100000")
+  long_run = (
+    "--config.optim.total_steps=100000",
+    "--config.optim.warmup_steps=10",
+    "--config.train.checkpoint_every=100000",
+  )
   proc = _run_main(tmp_path, *long_run, "--config.train.log_every=1")
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 240
@@ -185,8 +208,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     return state, metrics
 
   trainer.step_fn = step_that_blows_up
-  with pytest.raises(train.NonFiniteLossError, match=r"loss is nan at step 5: stopping; the last good "
-                                                     r"checkpoint \(step 3\)"):
+  with pytest.raises(
+    train.NonFiniteLossError,
+    match=r"loss is nan at step 5: stopping; the last good "
+    r"checkpoint \(step 3\)",
+  ):
     train.run(config, str(tmp_path), trainer=trainer)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
   # It restores: a fresh run resumes from it.

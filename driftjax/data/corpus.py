@@ -20,6 +20,7 @@ PARTS = ("train", "heldout")
 @dataclasses.dataclass(frozen=True)
 class Corpus:
   """Where a run's text comes from and how it becomes rows of token ids."""
+
   source: str
   seq_len: int
   seed: int
@@ -47,8 +48,9 @@ class Corpus:
     docs = self.documents("train")
     if self.is_hub:
       if self.pack:
-        raise ValueError("data.pack needs a files:, synthetic or tinystories_sample source (hf: sources are "
-                         "tokenized lazily)")
+        raise ValueError(
+          "data.pack needs a files:, synthetic or tinystories_sample source (hf: sources are tokenized lazily)"
+        )
       return pipeline.hf_iterator(docs, tokenizer, self.seq_len, batch_per_host, self.seed, stats)
     rows = pipeline.tokenize_documents(docs, tokenizer, self.seq_len, self.pack, stats)
     return pipeline.make_iterator(rows, batch_per_host, self.seed)
@@ -59,6 +61,8 @@ class Corpus:
     if self.is_hub:
       docs = [docs[i] for i in range(min(len(docs), 4 * n))]  # Enough for n non-empty ones.
     if not len(docs):
-      raise ValueError("the data reference needs held-out rows: set data.holdout > 0 for files:, synthetic and "
-                       "tinystories_sample sources")
+      raise ValueError(
+        "the data reference needs held-out rows: set data.holdout > 0 for files:, synthetic and "
+        "tinystories_sample sources"
+      )
     return pipeline.tokenize_documents(docs, tokenizer, self.seq_len, self.pack, pipeline.CorpusStats())[:n]

@@ -32,6 +32,7 @@ TINYSTORIES_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "a
 @dataclasses.dataclass
 class CorpusStats:
   """What loading saw: documents kept, empty documents skipped, documents truncated to seq_len."""
+
   documents: int = 0
   empty_skipped: int = 0
   truncated: int = 0
@@ -42,7 +43,7 @@ def _decode(raw: bytes, path: str) -> str:
   try:
     return raw.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r})") from None
+    raise ValueError(f"{path} is not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 4]!r})") from None
 
 
 def read_text_file(path: str) -> list[str]:
@@ -100,26 +101,30 @@ def load_documents(source: str, split: str = "train", seed: int = 0, synthetic_d
     return read_files(source.removeprefix("files:"))
   if source.startswith("hf:"):
     import datasets
+
     name = source.removeprefix("hf:")
     try:
       ds = datasets.load_dataset(name, split=split)
     except Exception as e:
-      raise OSError(f"could not load data set {name!r} split {split!r} ({type(e).__name__}: {e}); offline, use "
-                    "files:<glob> or a local folder") from e
+      raise OSError(
+        f"could not load data set {name!r} split {split!r} ({type(e).__name__}: {e}); offline, use "
+        "files:<glob> or a local folder"
+      ) from e
     if "text" not in ds.column_names:
       raise ValueError(f"data set {name!r} has no 'text' column (columns: {ds.column_names})")
     return ds["text"]
   if source == "synthetic":
     from driftjax.data import synthetic
+
     return synthetic.generate_stories(synthetic_docs, seed=seed)
   if source == "tinystories_sample":
     return read_text_file(TINYSTORIES_SAMPLE)
-  raise ValueError(f"unknown data source {source!r}; expected hf:<dataset>, files:<glob>, synthetic or "
-                   "tinystories_sample")
+  raise ValueError(
+    f"unknown data source {source!r}; expected hf:<dataset>, files:<glob>, synthetic or tinystories_sample"
+  )
 
 
-def tokenize_documents(docs: Sequence[str], tokenizer, seq_len: int, pack: bool,
-                       stats: CorpusStats) -> np.ndarray:
+def tokenize_documents(docs: Sequence[str], tokenizer, seq_len: int, pack: bool, stats: CorpusStats) -> np.ndarray:
   """All documents as token rows (R, seq_len) int32, each ended with end-of-text and padded with it.
 
   Empty documents are skipped and counted; longer ones are truncated and counted. With `pack`, the documents
@@ -141,10 +146,10 @@ def tokenize_documents(docs: Sequence[str], tokenizer, seq_len: int, pack: bool,
     return stream[: n_rows * seq_len].reshape(n_rows, seq_len)
   rows = np.full((len(encoded), seq_len), eos, np.int32)
   for i, ids in enumerate(encoded):
-    ids = ids[:seq_len - 1]  # Leave room for end-of-text.
+    ids = ids[: seq_len - 1]  # Leave room for end-of-text.
     if len(ids) == seq_len - 1 and len(encoded[i]) > seq_len - 1:
       stats.truncated += 1
-    rows[i, :len(ids)] = ids
+    rows[i, : len(ids)] = ids
     stats.tokens += len(ids) + 1
   return rows
 
@@ -173,8 +178,9 @@ def make_iterator(rows: np.ndarray, batch_per_host: int, seed: int) -> grain.Dat
   return iter(ds)
 
 
-def hf_iterator(docs: Any, tokenizer, seq_len: int, batch_per_host: int, seed: int,
-                stats: CorpusStats) -> grain.DatasetIterator:
+def hf_iterator(
+  docs: Any, tokenizer, seq_len: int, batch_per_host: int, seed: int, stats: CorpusStats
+) -> grain.DatasetIterator:
   """For large hub data sets: tokenization happens lazily per document inside the grain pipeline.
 
   `stats` then counts every document processed so far, grain's read-ahead and repeated epochs included.
@@ -191,15 +197,24 @@ def hf_iterator(docs: Any, tokenizer, seq_len: int, batch_per_host: int, seed: i
     if len(ids) > seq_len - 1:
       stats.truncated += 1
     row = np.full((seq_len,), eos, np.int32)
-    ids = ids[:seq_len - 1]
-    row[:len(ids)] = ids
+    ids = ids[: seq_len - 1]
+    row[: len(ids)] = ids
     return row
 
-  ds = (grain.MapDataset.source(docs)[host::n_hosts].shuffle(seed=seed).repeat(None).map(encode)
-        .filter(lambda r: r is not None).to_iter_dataset().batch(batch_per_host, drop_remainder=True))
+  ds = (
+    grain.MapDataset.source(docs)[host::n_hosts]
+    .shuffle(seed=seed)
+    .repeat(None)
+    .map(encode)
+    .filter(lambda r: r is not None)
+    .to_iter_dataset()
+    .batch(batch_per_host, drop_remainder=True)
+  )
   return iter(ds)
 
 
 def describe_stats(stats: CorpusStats) -> str:
-  return (f"{stats.documents} documents, {stats.tokens} tokens; skipped {stats.empty_skipped} empty, truncated "
-          f"{stats.truncated} longer than seq_len")
+  return (
+    f"{stats.documents} documents, {stats.tokens} tokens; skipped {stats.empty_skipped} empty, truncated "
+    f"{stats.truncated} longer than seq_len"
+  )

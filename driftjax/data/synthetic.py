@@ -15,38 +15,53 @@ from typing import Iterable, Sequence
 import numpy as np
 
 # Word lists (slot name -> choices). Names carry their pronouns.
-NAMES = {"Lily": "she", "Mia": "she", "Anna": "she", "Lucy": "she", "Sue": "she", "Emma": "she",
-         "Tom": "he", "Ben": "he", "Sam": "he", "Max": "he", "Tim": "he", "Jack": "he"}
+NAMES = {
+  "Lily": "she",
+  "Mia": "she",
+  "Anna": "she",
+  "Lucy": "she",
+  "Sue": "she",
+  "Emma": "she",
+  "Tom": "he",
+  "Ben": "he",
+  "Sam": "he",
+  "Max": "he",
+  "Tim": "he",
+  "Jack": "he",
+}
 SLOTS = {
-    "kind": ["girl", "boy", "cat", "dog", "bunny", "bird", "bear", "duck"],
-    "adj": ["little", "big", "kind", "happy", "shy", "brave", "funny", "small"],
-    "place": ["park", "garden", "forest", "beach", "farm", "yard", "village", "meadow"],
-    "action": ["play", "run", "jump", "sing", "dance", "read", "paint", "swim"],
-    "object": ["ball", "kite", "box", "hat", "book", "boat", "flower", "cake", "drum", "toy"],
-    "color": ["red", "blue", "green", "yellow", "shiny", "soft", "old", "new"],
-    "problem": ["stuck in a tree", "lost in the grass", "broken", "too high to reach", "under the water",
-                "very dirty"],
-    "bad_feeling": ["sad", "scared", "worried", "upset"],
-    "good_feeling": ["happy", "glad", "proud", "excited"],
-    "fix": ["got the {object} back", "fixed the {object}", "found the {object}", "cleaned the {object}"],
-    "time": ["One day", "One sunny morning", "After lunch", "One evening"],
+  "kind": ["girl", "boy", "cat", "dog", "bunny", "bird", "bear", "duck"],
+  "adj": ["little", "big", "kind", "happy", "shy", "brave", "funny", "small"],
+  "place": ["park", "garden", "forest", "beach", "farm", "yard", "village", "meadow"],
+  "action": ["play", "run", "jump", "sing", "dance", "read", "paint", "swim"],
+  "object": ["ball", "kite", "box", "hat", "book", "boat", "flower", "cake", "drum", "toy"],
+  "color": ["red", "blue", "green", "yellow", "shiny", "soft", "old", "new"],
+  "problem": ["stuck in a tree", "lost in the grass", "broken", "too high to reach", "under the water", "very dirty"],
+  "bad_feeling": ["sad", "scared", "worried", "upset"],
+  "good_feeling": ["happy", "glad", "proud", "excited"],
+  "fix": ["got the {object} back", "fixed the {object}", "found the {object}", "cleaned the {object}"],
+  "time": ["One day", "One sunny morning", "After lunch", "One evening"],
 }
 
 # Sentence templates by plot stage. {name}/{friend} are names, {pron}/{Pron} the main character's pronoun.
 STAGES = [
-    ["Once upon a time, there was a {adj} {kind} named {name}.",
-     "Once upon a time, a {adj} {kind} named {name} lived near a {place}."],
-    ["{Pron} liked to {action} every day.", "{Pron} loved to {action} with friends.",
-     "{Pron} had a {color} {object}."],
-    ["{time}, {name} went to the {place}.", "{time}, {name} and {pron2} mom walked to the {place}."],
-    ["{Pron} saw a {color} {object}.", "There {pron} found a {color} {object}."],
-    ["But the {object} was {problem}.", "Then the {object} was {problem}."],
-    ["{name} felt {bad_feeling}.", "{name} was very {bad_feeling}."],
-    ["A {adj} {kind} named {friend} came to help.", "{name} asked {friend} the {kind} for help."],
-    ["Together they {fix}.", "{friend} helped, and they {fix}."],
-    ["{name} was {good_feeling} again.", "{name} smiled and felt {good_feeling}."],
-    ["From that day on, {name} and {friend} were best friends.", "They played together until the sun went down.",
-     "{name} said thank you to {friend}."],
+  [
+    "Once upon a time, there was a {adj} {kind} named {name}.",
+    "Once upon a time, a {adj} {kind} named {name} lived near a {place}.",
+  ],
+  ["{Pron} liked to {action} every day.", "{Pron} loved to {action} with friends.", "{Pron} had a {color} {object}."],
+  ["{time}, {name} went to the {place}.", "{time}, {name} and {pron2} mom walked to the {place}."],
+  ["{Pron} saw a {color} {object}.", "There {pron} found a {color} {object}."],
+  ["But the {object} was {problem}.", "Then the {object} was {problem}."],
+  ["{name} felt {bad_feeling}.", "{name} was very {bad_feeling}."],
+  ["A {adj} {kind} named {friend} came to help.", "{name} asked {friend} the {kind} for help."],
+  ["Together they {fix}.", "{friend} helped, and they {fix}."],
+  ["{name} was {good_feeling} again.", "{name} smiled and felt {good_feeling}."],
+  [
+    "From that day on, {name} and {friend} were best friends.",
+    "They played together until the sun went down.",
+    "{name} said thank you to {friend}.",
+  ],
 ]
 POSSESSIVE = {"she": "her", "he": "his"}
 

@@ -19,8 +19,10 @@ def load_tokenizer(name_or_path: str):
     missing = [f for f in ("vocab.json", "merges.txt") if not os.path.exists(os.path.join(name_or_path, f))]
     has_json = os.path.exists(os.path.join(name_or_path, "tokenizer.json"))
     if missing and not has_json:
-      raise FileNotFoundError(f"tokenizer folder {name_or_path} lacks {' and '.join(missing)} "
-                              "(a byte-level BPE tokenizer needs vocab.json and merges.txt)")
+      raise FileNotFoundError(
+        f"tokenizer folder {name_or_path} lacks {' and '.join(missing)} "
+        "(a byte-level BPE tokenizer needs vocab.json and merges.txt)"
+      )
     # Note: GPT2TokenizerFast(vocab_file=..., merges_file=...) builds an empty tokenizer in transformers 5.x;
     # from_pretrained on the folder reads the files properly.
     tok = GPT2TokenizerFast.from_pretrained(name_or_path)
@@ -30,8 +32,10 @@ def load_tokenizer(name_or_path: str):
     try:
       tok = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:
-      raise OSError(f"could not load tokenizer {name_or_path!r} from the Hugging Face hub ({e}); pass a "
-                    "local folder with vocab.json and merges.txt instead") from e
+      raise OSError(
+        f"could not load tokenizer {name_or_path!r} from the Hugging Face hub ({e}); pass a "
+        "local folder with vocab.json and merges.txt instead"
+      ) from e
   if len(tok) == 0:
     raise ValueError(f"tokenizer {name_or_path!r} is empty")
   if tok.eos_token_id is None:

@@ -94,20 +94,19 @@ def whole_sequence(h: Array, mask: Array | None = None) -> Array:
 
 
 _POOL_FNS: Mapping[str, Callable[..., Array]] = {
-    "pos": per_position,
-    "mean": global_mean,
-    "std": global_std,
-    "win4_mean": lambda h, m: window_mean(h, m, 4),
-    "win4_std": lambda h, m: window_std(h, m, 4),
-    "win16_mean": lambda h, m: window_mean(h, m, 16),
-    "win16_std": lambda h, m: window_std(h, m, 16),
-    "rms": channel_rms,
-    "flat": whole_sequence,
+  "pos": per_position,
+  "mean": global_mean,
+  "std": global_std,
+  "win4_mean": lambda h, m: window_mean(h, m, 4),
+  "win4_std": lambda h, m: window_std(h, m, 4),
+  "win16_mean": lambda h, m: window_mean(h, m, 16),
+  "win16_std": lambda h, m: window_std(h, m, 16),
+  "rms": channel_rms,
+  "flat": whole_sequence,
 }
 
 
-def pool_features(hidden: Mapping[str, Array], poolings: Sequence[str],
-                  mask: Array | None = None) -> dict[str, Array]:
+def pool_features(hidden: Mapping[str, Array], poolings: Sequence[str], mask: Array | None = None) -> dict[str, Array]:
   """All configured poolings of every hidden-state entry: {'<name>/<pooling>': (B, P, C')}."""
   out = {}
   for name, h in hidden.items():

@@ -69,8 +69,7 @@ class FieldConfig:
     if self.drift_norm not in DRIFT_NORMS:
       raise ValueError(f"drift_norm={self.drift_norm!r}; expected one of {DRIFT_NORMS}")
     if self.temperature_units not in TEMPERATURE_UNITS:
-      raise ValueError(
-          f"temperature_units={self.temperature_units!r}; expected one of {TEMPERATURE_UNITS}")
+      raise ValueError(f"temperature_units={self.temperature_units!r}; expected one of {TEMPERATURE_UNITS}")
     if not self.temperatures or any(t <= 0 for t in self.temperatures):
       raise ValueError(f"temperatures must be positive and non-empty, got {self.temperatures}")
 
@@ -83,8 +82,7 @@ def _check_shapes(x, pos, neg, pos_weights, neg_weights, include_generated):
     if y is None:
       continue
     if y.ndim != 3 or y.shape[0] != g or y.shape[2] != c:
-      raise ValueError(
-          f"{name} must be (G, M, C) = ({g}, M, {c}) to match generated {x.shape}, got {y.shape}")
+      raise ValueError(f"{name} must be (G, M, C) = ({g}, M, {c}) to match generated {x.shape}, got {y.shape}")
   for name, w, y in (("pos_weights", pos_weights, pos), ("neg_weights", neg_weights, neg)):
     if w is None:
       continue
@@ -101,8 +99,7 @@ def pairwise_distance(x: Array, y: Array, eps: float) -> Array:
 
   The squared distance is clipped at eps before the sqrt: sqrt(0) has an infinite gradient.
   """
-  d2 = (jnp.sum(x * x, -1)[:, :, None] + jnp.sum(y * y, -1)[:, None, :]
-        - 2.0 * jnp.einsum("gnc,gkc->gnk", x, y))
+  d2 = jnp.sum(x * x, -1)[:, :, None] + jnp.sum(y * y, -1)[:, None, :] - 2.0 * jnp.einsum("gnc,gkc->gnk", x, y)
   return jnp.sqrt(jnp.maximum(d2, eps))
 
 
@@ -134,14 +131,14 @@ def _rms(v: Array) -> Array:
 
 
 def drift_field(
-    x: Array,
-    pos: Array,
-    neg: Array | None = None,
-    pos_weights: Array | None = None,
-    neg_weights: Array | None = None,
-    *,
-    config: FieldConfig = FieldConfig(),
-    scale: Array | float | None = None,
+  x: Array,
+  pos: Array,
+  neg: Array | None = None,
+  pos_weights: Array | None = None,
+  neg_weights: Array | None = None,
+  *,
+  config: FieldConfig = FieldConfig(),
+  scale: Array | float | None = None,
 ) -> tuple[Array, dict[str, Any]]:
   """The drifting field at each generated row, in normalized feature units.
 
@@ -170,10 +167,8 @@ def drift_field(
     neg_w.append(jnp.ones((g, n), jnp.float32))
   if neg is not None:
     negs.append(jax.lax.stop_gradient(neg.astype(jnp.float32)))
-    neg_w.append(jnp.ones(neg.shape[:2], jnp.float32) if neg_weights is None
-                 else neg_weights.astype(jnp.float32))
-  pos_w = (jnp.ones(pos.shape[:2], jnp.float32) if pos_weights is None
-           else pos_weights.astype(jnp.float32))
+    neg_w.append(jnp.ones(neg.shape[:2], jnp.float32) if neg_weights is None else neg_weights.astype(jnp.float32))
+  pos_w = jnp.ones(pos.shape[:2], jnp.float32) if pos_weights is None else pos_weights.astype(jnp.float32)
   cols = jnp.concatenate(negs + [pos], axis=1)  # (G, K, C): negatives first, then positives.
   col_w = jax.lax.stop_gradient(jnp.concatenate(neg_w + [pos_w], axis=1))
   n_neg = cols.shape[1] - pos.shape[1]
@@ -214,8 +209,7 @@ def drift_field(
     w_neg, w_pos = _kernel(logits, log_w, n_neg, config.softmax)
     w_all = jnp.concatenate([-w_neg, w_pos], axis=-1)
     # V_R(x_i) = sum_k W_pos y_k - sum_k W_neg y_k - (sum W_pos - sum W_neg) x_i.
-    v = (jnp.einsum("gnk,gkc->gnc", w_all, cols_n)
-         - jnp.sum(w_all, -1, keepdims=True) * xn)
+    v = jnp.einsum("gnk,gkc->gnc", w_all, cols_n) - jnp.sum(w_all, -1, keepdims=True) * xn
     raw = _rms(v)
     raw_norms.append(raw)
     if config.drift_norm == "per_temperature":
@@ -227,14 +221,14 @@ def drift_field(
 
 
 def drift_loss(
-    x: Array,
-    pos: Array,
-    neg: Array | None = None,
-    pos_weights: Array | None = None,
-    neg_weights: Array | None = None,
-    *,
-    config: FieldConfig = FieldConfig(),
-    scale: Array | float | None = None,
+  x: Array,
+  pos: Array,
+  neg: Array | None = None,
+  pos_weights: Array | None = None,
+  neg_weights: Array | None = None,
+  *,
+  config: FieldConfig = FieldConfig(),
+  scale: Array | float | None = None,
 ) -> tuple[Array, dict[str, Any]]:
   """MSE between normalized generated features and their stop-gradient goal x/s' + V.
 

@@ -13,8 +13,13 @@ from driftjax.drift import field as field_lib
 Array = jax.Array
 
 
-def drift_losses(gen_feats: Mapping[str, Array], pos_feats: Mapping[str, Array], pos_weights: Array, groups: int,
-                 config: field_lib.FieldConfig) -> tuple[Array, dict[str, Array]]:
+def drift_losses(
+  gen_feats: Mapping[str, Array],
+  pos_feats: Mapping[str, Array],
+  pos_weights: Array,
+  groups: int,
+  config: field_lib.FieldConfig,
+) -> tuple[Array, dict[str, Array]]:
   """Sum over feature keys of the drift loss, and per-key losses, scales and raw drift norms for metrics.
 
   gen_feats / pos_feats: {key: (G * N, P, C)} / {key: (G * M, P, C)}, group-major; pos_weights: (G, M).

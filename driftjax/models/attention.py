@@ -23,5 +23,4 @@ def implementation(dtype, head_dim: int, backend: str | None = None) -> str:
 
 def attend(q: Array, k: Array, v: Array, *, is_causal: bool = False) -> Array:
   """softmax(q k^T / sqrt(d)) v for q, k, v (B, L, H, D) -> (B, L, H, D); causal or bidirectional."""
-  return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
-                                      implementation=implementation(q.dtype, q.shape[-1]))
+  return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=implementation(q.dtype, q.shape[-1]))

@@ -71,15 +71,15 @@ def _decode_flat(x, table, key, temperature, *, metric, chunk, top_k, greedy):
 
 
 def decode_tokens(
-    emb: Array,
-    table: Array,
-    *,
-    metric: str = "l2",
-    temperature: float = 0.0,
-    top_k: int = 0,
-    key: Array | None = None,
-    chunk: int = 8192,
-    max_elements: int = 1 << 25,
+  emb: Array,
+  table: Array,
+  *,
+  metric: str = "l2",
+  temperature: float = 0.0,
+  top_k: int = 0,
+  key: Array | None = None,
+  chunk: int = 8192,
+  max_elements: int = 1 << 25,
 ) -> tuple[Array, Array]:
   """Token ids (B, L) for embeddings (B, L, D) against a table (V, D), and each chosen token's distance.
 
@@ -98,10 +98,16 @@ def decode_tokens(
     raise ValueError("sampling (temperature > 0) needs a PRNG key")
   b, length, d = emb.shape
   chunk = max(64, min(chunk, table.shape[0], max_elements // (b * length)))
-  ids, dist = _decode_flat(emb.reshape(b * length, d).astype(jnp.float32), table.astype(jnp.float32),
-                           key if key is not None else jax.random.key(0), jnp.float32(max(temperature, 1e-6)),
-                           metric=metric, chunk=chunk, top_k=0 if greedy else top_k,
-                           greedy=greedy)
+  ids, dist = _decode_flat(
+    emb.reshape(b * length, d).astype(jnp.float32),
+    table.astype(jnp.float32),
+    key if key is not None else jax.random.key(0),
+    jnp.float32(max(temperature, 1e-6)),
+    metric=metric,
+    chunk=chunk,
+    top_k=0 if greedy else top_k,
+    greedy=greedy,
+  )
   return ids.reshape(b, length), dist.reshape(b, length)
 
 
@@ -116,8 +122,16 @@ def _decode_logits(logits, key, temperature, *, top_k, greedy):
   return jax.random.categorical(key, scaled, axis=-1)
 
 
-def decode_outputs(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig, *, metric: str = "l2",
-                   temperature: float = 0.0, top_k: int = 0, key: Array | None = None) -> tuple[Array, Array]:
+def decode_outputs(
+  out: Array,
+  table: Array,
+  gen_cfg: gen_lib.GeneratorConfig,
+  *,
+  metric: str = "l2",
+  temperature: float = 0.0,
+  top_k: int = 0,
+  key: Array | None = None,
+) -> tuple[Array, Array]:
   """Token ids (B, L) of a generator's outputs, and the L2 distance of each fed embedding to its token's.
 
   head="embedding": decode_tokens (nearest token by `metric`). head="vocab": the argmax of the logits
@@ -130,8 +144,13 @@ def decode_outputs(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig, *
     raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
   if temperature > 0 and key is None:
     raise ValueError("sampling (temperature > 0) needs a PRNG key")
-  ids = _decode_logits(out, key if key is not None else jax.random.key(0), jnp.float32(max(temperature, 1e-6)),
-                       top_k=min(top_k, out.shape[-1]), greedy=temperature == 0)
+  ids = _decode_logits(
+    out,
+    key if key is not None else jax.random.key(0),
+    jnp.float32(max(temperature, 1e-6)),
+    top_k=min(top_k, out.shape[-1]),
+    greedy=temperature == 0,
+  )
   soft = jax.nn.softmax(out, axis=-1) @ table
   dist = jnp.sqrt(jnp.sum(jnp.square(soft - jnp.take(table, ids, axis=0)), -1))
   return ids, dist

@@ -93,12 +93,10 @@ class ScaledRMSNorm(nnx.Module):
 
 def _dense(d_in, d_out, rngs, dtype, zero=False, use_bias=True):
   init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
-  return nnx.Linear(d_in, d_out, kernel_init=init, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    rngs=rngs)
+  return nnx.Linear(d_in, d_out, kernel_init=init, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 class Attention(nnx.Module):
-
   def __init__(self, cfg: GeneratorConfig, rngs: nnx.Rngs, dtype):
     self.heads, self.head_dim, self.base = cfg.heads, cfg.width // cfg.heads, cfg.rope_base
     self.qkv = _dense(cfg.width, 3 * cfg.width, rngs, dtype, use_bias=False)
@@ -119,7 +117,6 @@ class Attention(nnx.Module):
 
 
 class SwiGLU(nnx.Module):
-
   def __init__(self, cfg: GeneratorConfig, rngs: nnx.Rngs, dtype):
     self.gate_up = _dense(cfg.width, 2 * cfg.mlp_hidden, rngs, dtype, use_bias=False)
     self.down = _dense(cfg.mlp_hidden, cfg.width, rngs, dtype, use_bias=False)
@@ -146,22 +143,29 @@ class DiTBlock(nnx.Module):
 
 
 class Generator(nnx.Module):
-
   def __init__(self, cfg: GeneratorConfig, *, rngs: nnx.Rngs, mean_embedding: Array | None = None):
     if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
       raise ValueError(f"width {cfg.width} must split into {cfg.heads} heads of even size")
     if cfg.head not in HEADS:
       raise ValueError(f"model.head={cfg.head!r}; expected one of {HEADS}")
     if cfg.head == "vocab" and (cfg.vocab_size <= 0 or cfg.vocab_mode not in VOCAB_MODES):
-      raise ValueError(f"head='vocab' needs vocab_size > 0 (got {cfg.vocab_size}) and vocab_mode in "
-                       f"{VOCAB_MODES} (got {cfg.vocab_mode!r})")
+      raise ValueError(
+        f"head='vocab' needs vocab_size > 0 (got {cfg.vocab_size}) and vocab_mode in "
+        f"{VOCAB_MODES} (got {cfg.vocab_mode!r})"
+      )
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.dtype = dtype
     self.noise_in = _dense(cfg.noise_dim, cfg.width, rngs, dtype)
     self.pos = nnx.Param(cfg.pos_init_scale * jax.random.normal(rngs.params(), (cfg.seq_len, cfg.width)))
-    self.style_codebook = nnx.Embed(cfg.style_codebook, cfg.width, embedding_init=nnx.initializers.normal(1.0),
-                                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.style_codebook = nnx.Embed(
+      cfg.style_codebook,
+      cfg.width,
+      embedding_init=nnx.initializers.normal(1.0),
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
     self.blocks = nnx.List([DiTBlock(cfg, rngs, dtype) for _ in range(cfg.depth)])
     self.final_ada = _dense(cfg.width, 2 * cfg.width, rngs, dtype, zero=True)
     if cfg.head == "vocab":  # Uniform-ish logits at init: the expected embedding starts near the mean one.

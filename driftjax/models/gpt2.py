@@ -46,11 +46,17 @@ class GPT2Config:
     if act not in _ACTIVATIONS:
       raise ValueError(f"unsupported activation_function {act!r}; expected one of {sorted(_ACTIVATIONS)}")
     eos = getattr(hf_config, "eos_token_id", None)
-    return cls(vocab_size=hf_config.vocab_size, n_positions=hf_config.n_positions, n_embd=hf_config.n_embd,
-               n_layer=hf_config.n_layer, n_head=hf_config.n_head,
-               n_inner=getattr(hf_config, "n_inner", None),
-               layer_norm_epsilon=hf_config.layer_norm_epsilon, activation_function=act,
-               eos_token_id=hf_config.vocab_size - 1 if eos is None else int(eos))
+    return cls(
+      vocab_size=hf_config.vocab_size,
+      n_positions=hf_config.n_positions,
+      n_embd=hf_config.n_embd,
+      n_layer=hf_config.n_layer,
+      n_head=hf_config.n_head,
+      n_inner=getattr(hf_config, "n_inner", None),
+      layer_norm_epsilon=hf_config.layer_norm_epsilon,
+      activation_function=act,
+      eos_token_id=hf_config.vocab_size - 1 if eos is None else int(eos),
+    )
 
   @property
   def inner(self) -> int:
@@ -58,10 +64,10 @@ class GPT2Config:
 
 
 _ACTIVATIONS = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
+  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+  "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "relu": jax.nn.relu,
 }
 
 
@@ -77,7 +83,6 @@ class Conv1D(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-
   def __init__(self, dim: int, eps: float):
     self.weight = nnx.Param(jnp.ones((dim,)))
     self.bias = nnx.Param(jnp.zeros((dim,)))
@@ -93,7 +98,6 @@ class LayerNorm(nnx.Module):
 
 
 class Block(nnx.Module):
-
   def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
     d = cfg.n_embd
     self.n_head = cfg.n_head
@@ -150,11 +154,11 @@ class GPT2(nnx.Module):
     return jnp.take(self.wte[...], input_ids, axis=0)
 
   def __call__(
-      self,
-      input_ids: Array | None = None,
-      inputs_embeds: Array | None = None,
-      hidden_layers: Sequence[int] = (),
-      logits: bool = False,
+    self,
+    input_ids: Array | None = None,
+    inputs_embeds: Array | None = None,
+    hidden_layers: Sequence[int] = (),
+    logits: bool = False,
   ) -> dict[str, Array]:
     """Runs the model on ids (B, L) or embeddings (B, L, D).
 
@@ -194,8 +198,9 @@ class GPT2(nnx.Module):
     return out
 
 
-def sample_ar(model: GPT2, key: Array, batch: int, length: int, temperature: float = 1.0,
-              start_id: int | None = None) -> Array:
+def sample_ar(
+  model: GPT2, key: Array, batch: int, length: int, temperature: float = 1.0, start_id: int | None = None
+) -> Array:
   """Plain ancestral sampling with a KV cache: (batch, length) tokens after a start token (end-of-text).
 
   The reference "ar" row of evaluation and the autoregressive side of benchmarks/sampling.py.
@@ -241,19 +246,21 @@ def _resolve(name_or_path: str) -> str:
   if os.path.isdir(name_or_path):
     return name_or_path
   if os.path.exists(name_or_path) or name_or_path.startswith((".", "/")):
-    raise FileNotFoundError(f"GPT-2 weights: {name_or_path!r} is not a folder with config.json and "
-                            "model.safetensors")
+    raise FileNotFoundError(f"GPT-2 weights: {name_or_path!r} is not a folder with config.json and model.safetensors")
   import huggingface_hub
+
   try:
-    return huggingface_hub.snapshot_download(name_or_path,
-                                             allow_patterns=["config.json", "model.safetensors"])
+    return huggingface_hub.snapshot_download(name_or_path, allow_patterns=["config.json", "model.safetensors"])
   except Exception as e:  # Offline, unknown repo, ...: say which name failed and how to avoid the hub.
-    raise OSError(f"could not fetch GPT-2 weights {name_or_path!r} from the Hugging Face hub ({e}); "
-                  "pass a local folder holding config.json and model.safetensors instead") from e
+    raise OSError(
+      f"could not fetch GPT-2 weights {name_or_path!r} from the Hugging Face hub ({e}); "
+      "pass a local folder holding config.json and model.safetensors instead"
+    ) from e
 
 
 def load_config(path: str) -> GPT2Config:
   from transformers import GPT2Config as HFConfig
+
   cfg_file = os.path.join(path, "config.json")
   if not os.path.exists(cfg_file):
     raise FileNotFoundError(f"no config.json in {path}")
@@ -261,12 +268,18 @@ def load_config(path: str) -> GPT2Config:
 
 
 _BLOCK_NAMES = {  # HF name inside h.{i} -> (module attribute, parameter).
-    "ln_1.weight": ("ln_1", "weight"), "ln_1.bias": ("ln_1", "bias"),
-    "attn.c_attn.weight": ("c_attn", "weight"), "attn.c_attn.bias": ("c_attn", "bias"),
-    "attn.c_proj.weight": ("attn_proj", "weight"), "attn.c_proj.bias": ("attn_proj", "bias"),
-    "ln_2.weight": ("ln_2", "weight"), "ln_2.bias": ("ln_2", "bias"),
-    "mlp.c_fc.weight": ("c_fc", "weight"), "mlp.c_fc.bias": ("c_fc", "bias"),
-    "mlp.c_proj.weight": ("mlp_proj", "weight"), "mlp.c_proj.bias": ("mlp_proj", "bias"),
+  "ln_1.weight": ("ln_1", "weight"),
+  "ln_1.bias": ("ln_1", "bias"),
+  "attn.c_attn.weight": ("c_attn", "weight"),
+  "attn.c_attn.bias": ("c_attn", "bias"),
+  "attn.c_proj.weight": ("attn_proj", "weight"),
+  "attn.c_proj.bias": ("attn_proj", "bias"),
+  "ln_2.weight": ("ln_2", "weight"),
+  "ln_2.bias": ("ln_2", "bias"),
+  "mlp.c_fc.weight": ("c_fc", "weight"),
+  "mlp.c_fc.bias": ("c_fc", "bias"),
+  "mlp.c_proj.weight": ("mlp_proj", "weight"),
+  "mlp.c_proj.bias": ("mlp_proj", "bias"),
 }
 
 
@@ -293,8 +306,10 @@ def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False) -> GPT2
     value = tensors.pop(name)
     want = target.get_value().shape  # An abstract (eval_shape) variable until it is set here.
     if value.shape != want:
-      raise ValueError(f"{weights_file}: tensor {name!r} has shape {value.shape}, the config "
-                       f"({os.path.join(path, 'config.json')}) implies {want}")
+      raise ValueError(
+        f"{weights_file}: tensor {name!r} has shape {value.shape}, the config "
+        f"({os.path.join(path, 'config.json')}) implies {want}"
+      )
     target.set_value(jnp.asarray(value, jnp.float32))
 
   take("wte.weight", model.wte)
@@ -313,18 +328,30 @@ def save_gpt2(model: GPT2, path: str) -> None:
   from safetensors.numpy import save_file
 
   cfg = model.cfg
-  tensors = {"wte.weight": model.wte[...], "wpe.weight": model.wpe[...],
-             "ln_f.weight": model.ln_f.weight[...], "ln_f.bias": model.ln_f.bias[...]}
+  tensors = {
+    "wte.weight": model.wte[...],
+    "wpe.weight": model.wpe[...],
+    "ln_f.weight": model.ln_f.weight[...],
+    "ln_f.bias": model.ln_f.bias[...],
+  }
   for i, block in enumerate(model.h):
     for hf_name, (mod, param) in _BLOCK_NAMES.items():
       tensors[f"h.{i}.{hf_name}"] = getattr(getattr(block, mod), param)[...]
   tensors = {f"transformer.{k}": np.asarray(v, np.float32) for k, v in tensors.items()}
   hf_config = {
-      "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
-      "n_positions": cfg.n_positions, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-      "n_inner": cfg.n_inner, "layer_norm_epsilon": cfg.layer_norm_epsilon,
-      "activation_function": cfg.activation_function, "bos_token_id": cfg.eos_token_id,
-      "eos_token_id": cfg.eos_token_id, "tie_word_embeddings": True,
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "vocab_size": cfg.vocab_size,
+    "n_positions": cfg.n_positions,
+    "n_embd": cfg.n_embd,
+    "n_layer": cfg.n_layer,
+    "n_head": cfg.n_head,
+    "n_inner": cfg.n_inner,
+    "layer_norm_epsilon": cfg.layer_norm_epsilon,
+    "activation_function": cfg.activation_function,
+    "bos_token_id": cfg.eos_token_id,
+    "eos_token_id": cfg.eos_token_id,
+    "tie_word_embeddings": True,
   }
   os.makedirs(path, exist_ok=True)
   tmp_w, tmp_c = os.path.join(path, ".model.safetensors.tmp"), os.path.join(path, ".config.json.tmp")

@@ -19,8 +19,9 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_gpt2")
 
 def main():
   torch.manual_seed(0)
-  config = transformers.GPT2Config(vocab_size=512, n_positions=32, n_embd=32, n_layer=3, n_head=4,
-                                   bos_token_id=511, eos_token_id=511)
+  config = transformers.GPT2Config(
+    vocab_size=512, n_positions=32, n_embd=32, n_layer=3, n_head=4, bos_token_id=511, eos_token_id=511
+  )
   model = transformers.GPT2LMHeadModel(config).eval()
   # Random weights of a trained model's size: larger than the 0.02 init, so that every block matters.
   with torch.no_grad():
@@ -33,8 +34,12 @@ def main():
   ids = torch.tensor(np.random.default_rng(0).integers(0, 512, (2, 16)))
   with torch.no_grad():
     out = model(input_ids=ids, output_hidden_states=True)
-  np.savez(os.path.join(OUT, "golden.npz"), input_ids=ids.numpy(),
-           hidden_states=np.stack([h.numpy() for h in out.hidden_states]), logits=out.logits.numpy())
+  np.savez(
+    os.path.join(OUT, "golden.npz"),
+    input_ids=ids.numpy(),
+    hidden_states=np.stack([h.numpy() for h in out.hidden_states]),
+    logits=out.logits.numpy(),
+  )
   print("wrote", sorted(os.listdir(OUT)), "transformers", transformers.__version__, "torch", torch.__version__)
 
 
