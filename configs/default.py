@@ -106,7 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --mode=eval: metrics of a samples file with reference rows (held-out data, the evaluator's own samples).
   config.eval = ml_collections.ConfigDict()
   config.eval.samples_file = ""  # Default: DIR/samples' latest.
-  config.eval.evaluator = "gpt2-large"  # Hub name or HF folder; "" uses the encoder itself.
+  # Hub name or HF folder; "pretrained": the independent LM --mode=pretrain_encoder trains (pretrain.evaluator);
+  # "" uses the encoder itself (which then grades samples it helped to train: not an independent score).
+  config.eval.evaluator = "gpt2-large"
   config.eval.evaluator_tokenizer = ""  # Default: the evaluator's own name.
   config.eval.data_split = "validation"  # For hf: sources, the split of the data reference.
   config.eval.bleu_samples = 200  # Self-BLEU over the first N samples (it is quadratic).
@@ -115,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.mauve = True
   config.eval.sweep_temperatures = ()  # E.g. (0.5, 1.0, 2.0): a gen-PPL vs entropy frontier plot.
   config.eval.seed = 2
-  config.eval.ar_batch = 32  # Batch of the evaluator's own (KV-cached) samples for the "ar" row.
+  config.eval.ar_batch = 32  # Batch of the "ar" row's samples: the encoder LM's own (KV-cached), scored likewise.
 
   # --mode=pretrain_encoder: a small GPT-2 LM trained on data.source (offline encoder and evaluator).
   config.pretrain = ml_collections.ConfigDict()
@@ -130,4 +132,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.pretrain.batch = 32
   config.pretrain.lr = 1e-3
   config.pretrain.log_every = 100
+  # A second LM for evaluation only (eval.evaluator="pretrained"): the same data and tokenizer, another seed and
+  # its own size (at least twice the encoder's parameters), never used in training.
+  config.pretrain.evaluator = ml_collections.ConfigDict()
+  config.pretrain.evaluator.enabled = False
+  config.pretrain.evaluator.out_dir = "evaluator"  # DIR/evaluator; reused when it exists.
+  config.pretrain.evaluator.seed = 1
+  config.pretrain.evaluator.n_layer = 4
+  config.pretrain.evaluator.n_embd = 384
+  config.pretrain.evaluator.n_head = 6
+  config.pretrain.evaluator.steps = 2000
   return config

@@ -2,8 +2,9 @@
 
 python -m driftjax.main --config=configs/demo.py --workdir=runs/demo
 --mode=demo runs: pretrain a tiny GPT-2 LM with a byte-level BPE on the built-in story grammar (the frozen
-encoder and the evaluator; reused if DIR has it), train a small drifting generator, sample it, evaluate the
-generator at init and at the end against held-out stories and the LM's own samples, and write
+encoder) and a second, larger LM for evaluation only (both reused if DIR has them), train a small drifting
+generator, sample it, evaluate the generator at init and at the end against held-out stories and the encoder
+LM's own samples under the evaluation LM, and write
 DIR/report.json, DIR/report.md and DIR/curves.png. Real stories instead (the 1,200-story sample shipped in
 driftjax/assets/tinystories): --config.data.source=tinystories_sample
 """
@@ -22,7 +23,7 @@ def get_config():
   config.data.n_pos = 32
   config.data.queue_size = 0
 
-  # Encoder and evaluator: trained here by --mode=pretrain_encoder (DIR/encoder), BPE vocabulary of 512.
+  # Encoder: trained here by --mode=pretrain_encoder (DIR/encoder), with its own BPE vocabulary.
   config.encoder.name = "pretrained"
   config.encoder.tokenizer = "pretrained"
   config.pretrain.docs = 20_000
@@ -34,7 +35,15 @@ def get_config():
   config.pretrain.steps = 500
   config.pretrain.batch = 32
   config.pretrain.lr = 3e-3
-  config.eval.evaluator = ""  # The pretrained LM scores the samples (gen_ppl) and writes the `ar` row.
+  # gen_ppl under a second LM trained here for evaluation only (DIR/evaluator): another seed, about twice the
+  # encoder's parameters, the same training stories and tokenizer. The encoder's own score is gen_ppl_encoder.
+  config.eval.evaluator = "pretrained"
+  config.pretrain.evaluator.enabled = True
+  config.pretrain.evaluator.seed = 1
+  config.pretrain.evaluator.n_layer = 2
+  config.pretrain.evaluator.n_embd = 192
+  config.pretrain.evaluator.n_head = 4
+  config.pretrain.evaluator.steps = 500
 
   config.model.seq_len = 96  # The grammar's stories are 70-91 tokens; shorter ones end in end-of-text.
   config.model.width = 128

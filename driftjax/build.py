@@ -124,16 +124,30 @@ def mean_token_embedding(encoder: gpt2.GPT2, vocab_size: int) -> jax.Array:
   return jnp.mean(encoder.wte[...][:vocab_size], axis=0)
 
 
+def evaluator_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The evaluator's hub name or folder; "pretrained": the LM that pretrain_encoder trains for evaluation."""
+  if config.eval.evaluator == PRETRAINED:
+    return os.path.join(workdir, config.pretrain.evaluator.out_dir)
+  return config.eval.evaluator
+
+
 def load_evaluator(config: ml_collections.ConfigDict, workdir: str, encoder, tokenizer):
-  """The evaluator LM and its tokenizer: config.eval.evaluator (hub name or folder), or the encoder itself."""
+  """(evaluator LM, its tokenizer, its name): config.eval.evaluator (hub name, folder, or "pretrained"), or
+  the encoder itself when it is empty."""
   e = config.eval
   if not e.evaluator:
     return encoder, tokenizer, encoder_path(config, workdir)
-  evaluator = gpt2.load_gpt2(e.evaluator)
-  eval_tok = tok_lib.load_tokenizer(e.evaluator_tokenizer or e.evaluator)
+  path = evaluator_path(config, workdir)
+  if e.evaluator == PRETRAINED and not os.path.exists(os.path.join(path, "model.safetensors")):
+    raise FileNotFoundError(
+      f"eval.evaluator='pretrained' but {path} holds no model.safetensors: run --mode=pretrain_encoder (or "
+      "--mode=demo) with pretrain.evaluator.enabled=True in this --workdir first"
+    )
+  evaluator = gpt2.load_gpt2(path)
+  eval_tok = tok_lib.load_tokenizer(e.evaluator_tokenizer or path)
   if evaluator.cfg.vocab_size < len(eval_tok):
     raise ValueError(
       f"evaluator {e.evaluator!r} has {evaluator.cfg.vocab_size} token embeddings but its "
       f"tokenizer has {len(eval_tok)} tokens: they do not belong together"
     )
-  return evaluator, eval_tok, e.evaluator
+  return evaluator, eval_tok, path

@@ -24,11 +24,13 @@ from driftjax import files
 from driftjax import sampler as sampler_lib
 from driftjax import text_metrics
 from driftjax.data import corpus as corpus_lib
+from driftjax.data import synthetic
 from driftjax.models import decode
 from driftjax.models import gpt2
 
 TABLE_KEYS = (
   "gen_ppl",
+  "gen_ppl_encoder",
   "entropy",
   "distinct_1",
   "distinct_2",
@@ -38,6 +40,8 @@ TABLE_KEYS = (
   "mauve",
   "grammatical_rate",
   "copy_rate",
+  "coverage_tv",
+  "distinct_samples",
 )
 
 
@@ -81,14 +85,17 @@ def check_packages(config: ml_collections.ConfigDict) -> None:
     text_metrics.require_mauve()
 
 
-def score(token_lists, tokenizer, evaluator, eval_tok, config) -> dict:
+def score(token_lists, tokenizer, evaluator, eval_tok, config, encoder=None) -> dict:
+  """The text metrics of one row (token lists of `tokenizer`); gen_ppl under the evaluator, and under the
+  encoder too (gen_ppl_encoder) when an encoder other than the evaluator is given."""
   texts = [tokenizer.decode(t) for t in token_lists]
   result = text_metrics.text_metrics(
     token_lists, texts, evaluator, eval_tok, config.eval.bleu_samples, seq_len=config.model.seq_len
   )
+  if encoder is not None and encoder is not evaluator:
+    ended = [len(t) < config.model.seq_len for t in token_lists]
+    result["gen_ppl_encoder"] = text_metrics.gen_ppl(encoder, tokenizer, texts, ended=ended)
   if config.data.source == "synthetic":  # The grammar can check the text itself.
-    from driftjax.data import synthetic
-
     result["grammatical_rate"] = float(np.mean([synthetic.grammatical_rate(t) for t in texts]))
     result["copy_rate"] = synthetic.copy_rate(texts, training_documents(build.corpus(config)))
   return result
@@ -144,26 +151,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, samples_path: str | Non
     sweep = temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok)
   tokens = [r["token_ids"] for r in rows]
   n, seq_len = len(rows), config.model.seq_len
-  result = score(tokens, tokenizer, evaluator, eval_tok, config)
+  result = score(tokens, tokenizer, evaluator, eval_tok, config, encoder)
   result.update(seq_len=seq_len, evaluator=eval_name, samples_file=path, step=step)
   data_rows = data_reference(config, tokenizer, n)
-  ar = np.concatenate(
-    [
-      np.asarray(
-        gpt2.sample_ar(evaluator, jax.random.fold_in(jax.random.key(e.seed), i), min(e.ar_batch, n - i), seq_len)
-      )
-      for i in range(0, n, e.ar_batch)
-    ]
-  )
-  ar_rows = decode.truncate_at_eos(ar, eval_tok.eos_token_id)
+  ar_rows = teacher_samples(encoder, tokenizer, n, seq_len, e.ar_batch, jax.random.key(e.seed))
   result["reference"] = {
-    "data": score(data_rows, tokenizer, evaluator, eval_tok, config),
-    "ar": score(ar_rows, eval_tok, evaluator, eval_tok, config),
+    "data": score(data_rows, tokenizer, evaluator, eval_tok, config, encoder),
+    "ar": score(ar_rows, tokenizer, evaluator, eval_tok, config, encoder),
   }
-  # What entropy, distinct_n and self_bleu count: the token ids of the tokenizer each row was made with.
   ref = result["reference"]
-  for row, tok in ((result, tokenizer), (ref["data"], tokenizer), (ref["ar"], eval_tok)):
-    row["token_unit"] = f"tokens of {tok.name_or_path}"
+  result["ar_lm"] = build.encoder_path(config, workdir)  # The "ar" row: the encoder LM's own samples.
+  # What entropy, distinct_n and self_bleu count: the token ids of the tokenizer each row was made with.
+  for row in (result, ref["data"], ref["ar"]):
+    row["token_unit"] = f"tokens of {tokenizer.name_or_path}"
+  if config.data.source == "synthetic":  # Coverage of the grammar's choices against the data reference.
+    add_coverage(result, ref, [r["text"] for r in rows], data_rows, ar_rows, tokenizer, config.seed)
   if e.mauve:  # The samples against the data reference, on the evaluator's features (see text_metrics.py).
     result["mauve"] = text_metrics.mauve_score(
       evaluator, eval_tok, [r["text"] for r in rows], [tokenizer.decode(t) for t in data_rows]
@@ -185,6 +187,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, samples_path: str | Non
     plot_frontier(result, os.path.join(out_dir, f"{name}_frontier.png"))
   logging.info("eval of %s:\n%s", path, markdown_table(result))
   return result
+
+
+def teacher_samples(lm, tokenizer, n: int, length: int, batch: int, key) -> list[list[int]]:
+  """n ancestral samples of `length` tokens from the LM (KV-cached), each cut at its first end-of-text."""
+  ar = np.concatenate(
+    [np.asarray(gpt2.sample_ar(lm, jax.random.fold_in(key, i), min(batch, n - i), length)) for i in range(0, n, batch)]
+  )
+  return decode.truncate_at_eos(ar, tokenizer.eos_token_id)
+
+
+def add_coverage(result: dict, ref: dict, sample_texts, data_rows, ar_rows, tokenizer, seed: int) -> None:
+  """coverage_tv of the samples and of the ar row against the data reference; the data row's own value is its
+  distance to a fresh draw of the grammar of the same size: the floor that sampling noise sets."""
+  data_texts = [tokenizer.decode(t) for t in data_rows]
+  result["coverage_tv"] = synthetic.coverage_tv(sample_texts, data_texts)
+  ref["ar"]["coverage_tv"] = synthetic.coverage_tv([tokenizer.decode(t) for t in ar_rows], data_texts)
+  fresh = synthetic.generate_stories(len(data_texts), seed=seed + 1_000_003)
+  ref["data"]["coverage_tv"] = synthetic.coverage_tv(data_texts, fresh)
 
 
 def temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok) -> dict:

@@ -8,6 +8,7 @@ train_lm is also used by tests that need an LM that knows some text.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Sequence
 
 from absl import logging
@@ -108,41 +109,66 @@ def train_bpe(docs: Sequence[str], vocab_size: int, out_dir: str):
   return tok_lib.load_tokenizer(out_dir)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Trains and saves the LM unless DIR/<pretrain.out_dir> already holds one; returns that folder."""
-  p = config.pretrain
-  out = os.path.join(workdir, p.out_dir)
-  if os.path.exists(os.path.join(out, "model.safetensors")):
-    logging.info("pretrained encoder found in %s: reused", out)
-    return out
-  docs = build.corpus(config).documents("train")  # The held-out stories (the data reference) stay unseen.
-  docs = [docs[i] for i in range(min(len(docs), p.docs))] if p.docs else list(docs)
-  staging = out + ".partial"  # Written aside, renamed when complete: a killed run leaves no half encoder.
-  if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
-    raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
-  tokenizer = (
-    train_bpe(docs, p.bpe_vocab_size, staging) if p.bpe_vocab_size else tok_lib.load_tokenizer(config.encoder.tokenizer)
-  )
+def _train_and_save(docs, tokenizer, out: str, size: dict, p, seed: int, tokenizer_dir: str | None) -> None:
+  """Trains an LM of `size` (n_layer, n_embd, n_head, steps) on docs and writes it to `out` (via out.partial,
+  renamed when complete: a killed run leaves no half model); tokenizer_dir's vocab.json and merges.txt go
+  with it, so that the folder loads as model and tokenizer together."""
+  staging = out + ".partial"
+  if tokenizer_dir and tokenizer_dir != staging:
+    os.makedirs(staging, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+      shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(staging, name))
   losses = []
   model = train_lm(
-    docs,
-    tokenizer,
-    n_layer=p.n_layer,
-    n_embd=p.n_embd,
-    n_head=p.n_head,
-    seq_len=p.seq_len,
-    steps=p.steps,
-    batch=p.batch,
-    lr=p.lr,
-    seed=config.seed,
-    log_every=p.log_every,
-    losses=losses,
+    docs, tokenizer, seq_len=p.seq_len, batch=p.batch, lr=p.lr, seed=seed, log_every=p.log_every, losses=losses, **size
   )
   gpt2.save_gpt2(model, staging)
   if os.path.exists(out):
     raise FileExistsError(f"{out} exists without model.safetensors; move it away first")
   os.replace(staging, out)
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   logging.info(
-    "pretrained encoder saved to %s (loss %.3f -> %.3f over %d steps)", out, losses[0], losses[-1], len(losses)
+    "LM of %d parameters saved to %s (loss %.3f -> %.3f over %d steps)",
+    n_params,
+    out,
+    losses[0],
+    losses[-1],
+    len(losses),
   )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains and saves the encoder LM unless DIR/<pretrain.out_dir> already holds one, and likewise the
+  evaluation LM (pretrain.evaluator.enabled) in DIR/<pretrain.evaluator.out_dir>; returns the encoder's folder."""
+  p = config.pretrain
+  out = os.path.join(workdir, p.out_dir)
+  eval_out = os.path.join(workdir, p.evaluator.out_dir)
+  need_encoder = not os.path.exists(os.path.join(out, "model.safetensors"))
+  need_evaluator = p.evaluator.enabled and not os.path.exists(os.path.join(eval_out, "model.safetensors"))
+  if not need_encoder:
+    logging.info("pretrained encoder found in %s: reused", out)
+  if not (need_encoder or need_evaluator):
+    return out
+  if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
+    raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
+  docs = build.corpus(config).documents("train")  # The held-out stories (the data reference) stay unseen.
+  docs = [docs[i] for i in range(min(len(docs), p.docs))] if p.docs else list(docs)
+  size = dict(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, steps=p.steps)
+  if need_encoder:
+    staging = out + ".partial"
+    tokenizer = (
+      train_bpe(docs, p.bpe_vocab_size, staging)
+      if p.bpe_vocab_size
+      else tok_lib.load_tokenizer(config.encoder.tokenizer)
+    )
+    _train_and_save(docs, tokenizer, out, size, p, config.seed, tokenizer_dir=None)
+  if need_evaluator:
+    # The encoder's tokenizer (so that both LMs read the same tokens), another seed, its own size.
+    tok_dir = out if p.bpe_vocab_size else None
+    tokenizer = tok_lib.load_tokenizer(tok_dir or config.encoder.tokenizer)
+    e = p.evaluator
+    if e.seed == config.seed:
+      raise ValueError(f"pretrain.evaluator.seed={e.seed} equals the encoder's seed: an independent LM needs another")
+    eval_size = dict(n_layer=e.n_layer, n_embd=e.n_embd, n_head=e.n_head, steps=e.steps)
+    _train_and_save(docs, tokenizer, eval_out, eval_size, p, e.seed, tokenizer_dir=tok_dir)
   return out

@@ -138,6 +138,7 @@ def text_metrics(
     "distinct_3": distinct_n(token_lists, 3),
     "self_bleu": self_bleu(token_lists, bleu_samples),
     "n_samples": len(texts),
+    "distinct_samples": len(set(map(tuple, token_lists))) / len(token_lists) if token_lists else 0.0,
     "mean_tokens": float(np.mean([len(t) for t in token_lists])) if token_lists else 0.0,
   }
 

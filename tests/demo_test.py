@@ -10,24 +10,37 @@ from driftjax import demo
 
 
 def _row(**kw):
-  base = {"gen_ppl": 10.0, "entropy": 3.0, "grammatical_rate": 1.0, "copy_rate": 0.0}
+  base = {
+    "gen_ppl": 10.0,
+    "entropy": 3.0,
+    "grammatical_rate": 1.0,
+    "copy_rate": 0.0,
+    "coverage_tv": 0.1,
+    "distinct_samples": 1.0,
+  }
   return {**base, **kw}
 
 
 def test_targets_measure_each_goal():
   rows = {
     "init": _row(gen_ppl=1000.0),
-    "final": _row(gen_ppl=30.0, entropy=3.2, grammatical_rate=0.85, copy_rate=0.05),
+    "final": _row(gen_ppl=30.0, entropy=3.2, grammatical_rate=0.92, copy_rate=0.05, coverage_tv=0.2),
     "data": _row(gen_ppl=10.0),
-    "ar": _row(),
+    "ar": _row(gen_ppl=12.0),
   }
   t = demo.targets(rows)
   assert t["gen_ppl_init_over_final"] == {"value": pytest.approx(1000 / 30), "target": ">= 10", "met": True}
   assert t["gen_ppl_final_over_data"]["value"] == pytest.approx(3.0) and not t["gen_ppl_final_over_data"]["met"]
   assert t["entropy_rel_gap_to_data"]["value"] == pytest.approx(0.2 / 3) and t["entropy_rel_gap_to_data"]["met"]
   assert t["grammatical_rate"]["met"] and not t["copy_rate"]["met"]  # 0.05 is not under 0.05.
-  del rows["final"]["grammatical_rate"]  # Real stories: no grammar to check.
-  assert "grammatical_rate" not in demo.targets(rows)
+  assert not t["coverage_tv"]["met"] and t["distinct_samples"]["met"]
+  rows["final"]["grammatical_rate"] = 0.89
+  assert not demo.targets(rows)["grammatical_rate"]["met"]  # Issue 14's bar: 0.9.
+  del rows["final"]["grammatical_rate"]  # Real stories: no grammar to check; gen-PPL against ar and data.
+  t = demo.targets(rows)
+  assert "grammatical_rate" not in t and "coverage_tv" not in t
+  assert t["gen_ppl_final_over_ar"]["value"] == pytest.approx(2.5) and not t["gen_ppl_final_over_ar"]["met"]
+  assert t["gen_ppl_final_over_data"] == {"value": pytest.approx(3.0), "target": "<= 4", "met": True}
 
 
 def tiny_config():
@@ -36,6 +49,7 @@ def tiny_config():
   config.data.n_gen = config.data.n_pos = 8
   p = config.pretrain
   p.docs, p.bpe_vocab_size, p.n_layer, p.n_embd, p.n_head, p.seq_len, p.steps, p.batch = 300, 300, 1, 32, 2, 32, 5, 8
+  p.evaluator.n_layer, p.evaluator.n_embd, p.evaluator.n_head, p.evaluator.steps = 1, 64, 2, 5
   m = config.model
   m.seq_len, m.width, m.depth, m.heads, m.noise_dim, m.style_tokens, m.style_codebook = 32, 32, 1, 2, 8, 2, 4
   config.drift.layers = (1,)
@@ -54,14 +68,25 @@ def test_demo_end_to_end_writes_the_report_and_reuses_its_work(tmp_path, capsys)
     assert row["gen_ppl"] > 1
   assert report["rows"]["data"]["copy_rate"] == 0.0  # Held-out stories are never training stories.
   assert 0.0 < report["rows"]["data"]["grammatical_rate"] <= 1.0  # 32 tokens cut stories: fragments count.
-  assert report["train_steps"] == 4 and set(report["targets"]) >= {"grammatical_rate", "copy_rate"}
+  assert report["train_steps"] == 4 and set(report["targets"]) >= {"grammatical_rate", "copy_rate", "coverage_tv"}
+  # gen_ppl under the independent evaluator (another seed, at least twice the parameters); the encoder's own
+  # score beside it.
+  assert report["evaluator"] == os.path.join(workdir, "evaluator")
+  assert report["evaluator_params"] >= 2 * report["encoder_params"]
+  for name in ("init", "final", "data", "ar"):
+    row = report["rows"][name]
+    assert row["gen_ppl_encoder"] > 1 and row["gen_ppl_encoder"] != row["gen_ppl"]
+    assert 0.0 <= row["coverage_tv"] <= 1.0
+  assert report["rows"]["final"]["distinct_samples"] <= 1.0
+  assert report["speed"]["one_step_s"] > 0 and report["speed"]["autoregressive_s"] > 0
   on_disk = json.load(open(tmp_path / "report.json"))
   assert on_disk["rows"] == report["rows"]
   md = open(tmp_path / "report.md").read()
   assert all(f"| {r} |" in md for r in ("init", "final", "data", "ar")) and "![curves](curves.png)" in md
+  assert "never used in training" in md and "autoregressive sampling" in md
   assert os.path.getsize(tmp_path / "curves.png") > 1000
   # A second run reuses the encoder and the finished training; the report is written again.
-  encoder_time = os.path.getmtime(tmp_path / "encoder" / "model.safetensors")
+  times = {d: os.path.getmtime(tmp_path / d / "model.safetensors") for d in ("encoder", "evaluator")}
   again = demo.run(config, workdir)
-  assert os.path.getmtime(tmp_path / "encoder" / "model.safetensors") == encoder_time
+  assert {d: os.path.getmtime(tmp_path / d / "model.safetensors") for d in times} == times
   assert again["train_steps"] == 4 and again["rows"]["final"] == report["rows"]["final"]

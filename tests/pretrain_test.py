@@ -34,6 +34,21 @@ def test_pretrain_encoder_writes_hf_folder_and_is_reused(tmp_path):
   mtime = os.path.getmtime(os.path.join(out, "model.safetensors"))
   assert pretrain.run(config, str(tmp_path)) == out  # Reused, not retrained.
   assert os.path.getmtime(os.path.join(out, "model.safetensors")) == mtime
+  # The evaluation LM, added to the same folder later: the encoder is kept, the evaluator trained beside it with
+  # the encoder's tokenizer, its own seed and size.
+  config.eval.evaluator = "pretrained"
+  with pytest.raises(FileNotFoundError, match="eval.evaluator='pretrained' but .*evaluator holds no model"):
+    build.load_evaluator(config, str(tmp_path), model, tok)
+  config.pretrain.evaluator.update(enabled=True, n_layer=1, n_embd=64, n_head=2, steps=5)
+  config.pretrain.evaluator.seed = config.seed
+  with pytest.raises(ValueError, match="pretrain.evaluator.seed=0 equals the encoder's seed"):
+    pretrain.run(config, str(tmp_path))
+  config.pretrain.evaluator.seed = 1
+  assert pretrain.run(config, str(tmp_path)) == out
+  assert os.path.getmtime(os.path.join(out, "model.safetensors")) == mtime
+  evaluator, eval_tok, name = build.load_evaluator(config, str(tmp_path), model, tok)
+  assert name == str(tmp_path / "evaluator") and evaluator.cfg.n_embd == 64
+  assert eval_tok.get_vocab() == tok.get_vocab()  # The same tokens as the encoder's.
 
 
 def test_pretraining_never_sees_the_held_out_stories(tmp_path, monkeypatch):

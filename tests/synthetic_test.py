@@ -61,3 +61,22 @@ def test_eval_reports_grammar_metrics_for_the_synthetic_corpus():
   mangled = [tok.encode(s.replace("Once upon a time", "Twice upon a rhyme")) for s in stories[:4]]
   result = evaluate.score(mangled, tok, lm, tok, config)
   assert result["copy_rate"] == 0.0 and 0.5 < result["grammatical_rate"] < 1.0
+
+
+def test_story_choices_read_back_the_grammar_slots():
+  story = synthetic.generate_stories(1, seed=3)[0]
+  choices = synthetic.story_choices(story)
+  assert set(choices) == set(synthetic.COVERAGE_SLOTS)
+  assert all(v != synthetic.NONE for k, v in choices.items() if k != "action")  # Stage 1 is optional.
+  assert choices["name"] in story and f" {choices['place']}" in story
+  assert synthetic.story_choices("Words that are no story.") == {k: synthetic.NONE for k in synthetic.COVERAGE_SLOTS}
+
+
+def test_coverage_tv():
+  a, b = synthetic.generate_stories(1000, seed=0), synthetic.generate_stories(1000, seed=1)
+  assert synthetic.coverage_tv(a[:50], a[:50]) == 0.0
+  assert synthetic.coverage_tv(a, b) < 0.06  # Two draws of 1,000: only sampling noise.
+  assert synthetic.coverage_tv([a[0]] * 100, b[:100]) > 0.8  # One story written 100 times covers nothing.
+  assert synthetic.coverage_tv(["the the the."] * 10, b[:10]) > 0.9
+  with pytest.raises(ValueError, match="needs samples and reference"):
+    synthetic.coverage_tv([], b)

@@ -141,3 +141,82 @@ def copy_rate(samples: Sequence[str], training: Iterable[str]) -> float:
   """Share of samples that are exactly (up to surrounding whitespace) a training story."""
   seen = {t.strip() for t in training}
   return sum(s.strip() in seen for s in samples) / len(samples) if samples else 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Coverage: which of the grammar's choices a set of stories makes.
+# ------------------------------------------------------------------------------------------------
+
+COVERAGE_SLOTS = (
+  "name",
+  "friend",
+  "kind",
+  "adj",
+  "place",
+  "action",
+  "object",
+  "color",
+  "problem",
+  "bad_feeling",
+  "good_feeling",
+  "time",
+)
+NONE = "(none)"  # The slot never appears in a grammatical sentence of the story.
+_TEMPLATE_PATTERNS = None
+
+
+def _template_patterns() -> list[re.Pattern]:
+  """One pattern per template with a named group per slot (a pattern cannot repeat a group name)."""
+  objects = _alternation(SLOTS["object"])
+  slot_re = {k: _alternation(v) for k, v in SLOTS.items() if k != "fix"}
+  slot_re["fix"] = "(?:" + "|".join(re.escape(f).replace(re.escape("{object}"), objects) for f in SLOTS["fix"]) + ")"
+  slot_re.update(
+    name=_alternation(NAMES), friend=_alternation(NAMES), pron="(?:she|he)", Pron="(?:She|He)", pron2="(?:her|his)"
+  )
+  patterns = []
+  for templates in STAGES:
+    for t in templates:
+      parts = re.split(r"(\{\w+\})", t)
+      seen, body = set(), []
+      for p in parts:
+        if not p.startswith("{"):
+          body.append(re.escape(p))
+          continue
+        slot = p[1:-1]
+        body.append(f"(?P<{slot}>{slot_re[slot]})" if slot not in seen else slot_re[slot])
+        seen.add(slot)
+      patterns.append(re.compile("".join(body)))
+  return patterns
+
+
+def story_choices(text: str) -> dict[str, str]:
+  """{slot: value} of COVERAGE_SLOTS, each from the first grammatical sentence that holds it (else NONE)."""
+  global _TEMPLATE_PATTERNS
+  if _TEMPLATE_PATTERNS is None:
+    _TEMPLATE_PATTERNS = _template_patterns()
+  found = {}
+  for sentence in split_sentences(text):
+    for pattern in _TEMPLATE_PATTERNS:
+      m = pattern.fullmatch(sentence)
+      if m:
+        for slot, value in m.groupdict().items():
+          found.setdefault(slot, value)
+        break
+  return {slot: found.get(slot, NONE) for slot in COVERAGE_SLOTS}
+
+
+def coverage_tv(samples: Sequence[str], reference: Sequence[str]) -> float:
+  """Mean over COVERAGE_SLOTS of the total-variation distance between the samples' and the reference's
+  distributions of that slot's value (NONE included: a story that never says where it is counts as such).
+  0 when both sets choose alike; 1 when they never agree. Two draws of the grammar differ by sampling noise."""
+  if not samples or not reference:
+    raise ValueError("coverage_tv needs samples and reference stories")
+  a = [story_choices(t) for t in samples]
+  b = [story_choices(t) for t in reference]
+  tvs = []
+  for slot in COVERAGE_SLOTS:
+    values = {c[slot] for c in a} | {c[slot] for c in b}
+    pa = {v: sum(c[slot] == v for c in a) / len(a) for v in values}
+    pb = {v: sum(c[slot] == v for c in b) / len(b) for v in values}
+    tvs.append(0.5 * sum(abs(pa[v] - pb[v]) for v in values))
+  return float(np.mean(tvs))
