@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from driftjax import build
+from driftjax import hosts
 from driftjax.data import pipeline
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
@@ -109,17 +110,26 @@ def train_bpe(docs: Sequence[str], vocab_size: int, out_dir: str):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Trains and saves the LM unless DIR/<pretrain.out_dir> already holds one; returns that folder."""
+  """Trains and saves the LM unless DIR/<pretrain.out_dir> already holds one; returns that folder.
+
+  On several hosts process 0 trains and writes it (on its own devices) while the others wait for it.
+  """
   p = config.pretrain
+  if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
+    raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
   out = os.path.join(workdir, p.out_dir)
+  hosts.first_writes("pretrained_encoder", lambda: _train_and_save(config, out))
+  return out
+
+
+def _train_and_save(config: ml_collections.ConfigDict, out: str) -> None:
+  p = config.pretrain
   if os.path.exists(os.path.join(out, "model.safetensors")):
     logging.info("pretrained encoder found in %s: reused", out)
-    return out
+    return
   docs = build.corpus(config).documents("train")  # The held-out stories (the data reference) stay unseen.
   docs = [docs[i] for i in range(min(len(docs), p.docs))] if p.docs else list(docs)
   staging = out + ".partial"  # Written aside, renamed when complete: a killed run leaves no half encoder.
-  if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
-    raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
   tokenizer = (
     train_bpe(docs, p.bpe_vocab_size, staging) if p.bpe_vocab_size else tok_lib.load_tokenizer(config.encoder.tokenizer)
   )
@@ -145,4 +155,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   logging.info(
     "pretrained encoder saved to %s (loss %.3f -> %.3f over %d steps)", out, losses[0], losses[-1], len(losses)
   )
-  return out
