@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from driftjax import hosts
 from driftjax.data import corpus as corpus_lib
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import generator as gen_lib
@@ -103,8 +104,10 @@ def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str, 
     )
     raise FileNotFoundError(f"the encoder of {workdir} is missing: {path} holds no model.safetensors; {how}")
   tokenizer = tok_lib.load_tokenizer(tokenizer_path(config, workdir))
-  if random and write and jax.process_index() == 0:
-    write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
+  if random and write:  # Process 0 writes it; the other hosts wait for it before reading it.
+    hosts.first_writes(
+      "random_encoder", lambda: write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
+    )
   encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype), remat=config.encoder.remat)
   if encoder.cfg.vocab_size < len(tokenizer):
     raise ValueError(

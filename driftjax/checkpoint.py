@@ -12,10 +12,10 @@ import time
 
 from absl import logging
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 from driftjax import files
+from driftjax import hosts
 
 
 def make_manager(
@@ -59,8 +59,13 @@ def check_model(workdir: str, signature: dict, write: bool) -> None:
         + "; ".join(diffs)
         + ". Use another --workdir, or the settings it was trained with."
       )
-  elif write and jax.process_index() == 0:
-    files.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True))
+  if write:  # On every host, whether or not it found the file: the barrier is a collective.
+
+    def record():
+      if not os.path.exists(path):
+        files.atomic_write(path, json.dumps(signature, indent=2, sort_keys=True))
+
+    hosts.first_writes("model_json", record)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, force: bool = False) -> bool:
@@ -127,15 +132,13 @@ def _unreadable_dir(mngr: ocp.CheckpointManager) -> str:
 
 
 def _move_aside(mngr: ocp.CheckpointManager, steps) -> None:
-  if jax.process_index() == 0:
+  def move():
     target = _unreadable_dir(mngr)
     os.makedirs(target, exist_ok=True)
     for step in steps:
       src = os.path.join(str(mngr.directory), str(step))
       dst = os.path.join(target, f"{step}.{int(time.time())}")
       os.replace(src, dst)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices("driftjax_checkpoint_fallback")
+  hosts.first_writes("checkpoint_move_aside", move)
   mngr.reload()

@@ -21,6 +21,7 @@ from flax import nnx
 from driftjax import build
 from driftjax import evaluate
 from driftjax import files
+from driftjax import hosts
 from driftjax import pretrain
 from driftjax import sample
 from driftjax import sampler as sampler_lib
@@ -219,9 +220,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     },
     "corpus": result["stats"],
   }
-  files.atomic_write(os.path.join(workdir, "report.json"), json.dumps(report, indent=2))
-  plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
-  files.atomic_write(os.path.join(workdir, "report.md"), markdown(report))
+
+  def write_report():
+    files.atomic_write(os.path.join(workdir, "report.json"), json.dumps(report, indent=2))
+    plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+    files.atomic_write(os.path.join(workdir, "report.md"), markdown(report))
+
+  hosts.first_writes("demo_report", write_report)  # Process 0 alone writes metrics.jsonl and the report.
   logging.info("demo report: %s", os.path.join(workdir, "report.md"))
   print(markdown(report).split("## Samples")[0])
   return report

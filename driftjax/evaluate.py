@@ -21,6 +21,7 @@ import numpy as np
 
 from driftjax import build
 from driftjax import files
+from driftjax import hosts
 from driftjax import sampler as sampler_lib
 from driftjax import text_metrics
 from driftjax.data import corpus as corpus_lib
@@ -174,17 +175,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, samples_path: str | Non
   if sweep is not None:
     result["sweep"] = sweep
   out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
   name = f"step_{step}" if step >= 0 else os.path.splitext(os.path.basename(path))[0]
-  files.atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(result, indent=2))
   note = (
     f"\nMAUVE (samples vs data) on features of {eval_name}; published MAUVE uses gpt2-large features.\n"
     if "mauve" in result
     else ""
   )
-  files.atomic_write(os.path.join(out_dir, f"{name}.md"), markdown_table(result) + note)
-  if "sweep" in result:
-    plot_frontier(result, os.path.join(out_dir, f"{name}_frontier.png"))
+
+  def write_report():
+    files.atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(result, indent=2))
+    files.atomic_write(os.path.join(out_dir, f"{name}.md"), markdown_table(result) + note)
+    if "sweep" in result:
+      plot_frontier(result, os.path.join(out_dir, f"{name}_frontier.png"))
+
+  hosts.first_writes("eval_report", write_report)
   logging.info("eval of %s:\n%s", path, markdown_table(result))
   return result
 

@@ -2,6 +2,8 @@
 
 import os
 
+import jax
+
 
 def atomic_write(path: str, text: str) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -18,7 +20,8 @@ def check_writable_dir(path: str) -> None:
   """
   if "://" in path:
     return
-  probe = os.path.join(path, f".driftjax_write_probe.{os.getpid()}")
+  # Hosts sharing a folder (NFS) may have equal process ids: the name holds the host's index too.
+  probe = os.path.join(path, f".driftjax_write_probe.{jax.process_index()}.{os.getpid()}")
   try:
     os.makedirs(path, exist_ok=True)
     with open(probe, "w") as f:

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from driftjax import build
+from driftjax import hosts
 from driftjax.data import pipeline
 from driftjax.data import tokenizer as tok_lib
 from driftjax.models import gpt2
@@ -139,7 +140,23 @@ def _train_and_save(docs, tokenizer, out: str, size: dict, p, seed: int, tokeniz
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains and saves the encoder LM unless DIR/<pretrain.out_dir> already holds one, and likewise the
-  evaluation LM (pretrain.evaluator.enabled) in DIR/<pretrain.evaluator.out_dir>; returns the encoder's folder."""
+  evaluation LM (pretrain.evaluator.enabled) in DIR/<pretrain.evaluator.out_dir>; returns the encoder's folder.
+
+  On several hosts process 0 trains and writes them (on its own devices) while the others wait for it.
+  """
+  p = config.pretrain
+  if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
+    raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
+  if p.evaluator.enabled and p.evaluator.seed == config.seed:
+    raise ValueError(
+      f"pretrain.evaluator.seed={p.evaluator.seed} equals the encoder's seed: an independent LM needs another"
+    )
+  out = os.path.join(workdir, p.out_dir)
+  hosts.first_writes("pretrained_lms", lambda: _pretrain(config, workdir))
+  return out
+
+
+def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> None:
   p = config.pretrain
   out = os.path.join(workdir, p.out_dir)
   eval_out = os.path.join(workdir, p.evaluator.out_dir)
@@ -148,9 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not need_encoder:
     logging.info("pretrained encoder found in %s: reused", out)
   if not (need_encoder or need_evaluator):
-    return out
-  if not p.bpe_vocab_size and config.encoder.tokenizer == build.PRETRAINED:
-    raise ValueError("encoder.tokenizer='pretrained' needs pretrain.bpe_vocab_size > 0 (the BPE trained here)")
+    return
   docs = build.corpus(config).documents("train")  # The held-out stories (the data reference) stay unseen.
   docs = [docs[i] for i in range(min(len(docs), p.docs))] if p.docs else list(docs)
   size = dict(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, steps=p.steps)
@@ -167,8 +182,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     tok_dir = out if p.bpe_vocab_size else None
     tokenizer = tok_lib.load_tokenizer(tok_dir or config.encoder.tokenizer)
     e = p.evaluator
-    if e.seed == config.seed:
-      raise ValueError(f"pretrain.evaluator.seed={e.seed} equals the encoder's seed: an independent LM needs another")
     eval_size = dict(n_layer=e.n_layer, n_embd=e.n_embd, n_head=e.n_head, steps=e.steps)
     _train_and_save(docs, tokenizer, eval_out, eval_size, p, e.seed, tokenizer_dir=tok_dir)
-  return out

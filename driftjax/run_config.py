@@ -11,10 +11,10 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from driftjax import files
+from driftjax import hosts
 
 FILENAME = "config.json"
 # Sections whose settings decide what the run's checkpoints and encoder are; compute dtypes and remat may differ.
@@ -36,9 +36,9 @@ def _tuples(value: Any) -> Any:
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes DIR/config.json (process 0; atomically, so a crash leaves the previous one)."""
-  if jax.process_index() == 0:
-    files.atomic_write(path(workdir), json.dumps(config.to_dict(), indent=2) + "\n")
+  """Writes DIR/config.json (process 0, the others waiting; atomically, so a crash leaves the previous one)."""
+  text = json.dumps(config.to_dict(), indent=2) + "\n"
+  hosts.first_writes("run_config", lambda: files.atomic_write(path(workdir), text))
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from driftjax import files
+from driftjax import hosts
 from driftjax import sampler as sampler_lib
 
 
@@ -23,7 +24,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   gen = sampler_lib.load(config, workdir, s.step)
   rows = gen.records(s.n_samples, jax.random.key(s.seed), temperature=s.temperature, top_k=s.top_k)
   path = os.path.join(workdir, "samples", f"step_{gen.step}.jsonl")
-  files.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+  hosts.first_writes("samples", lambda: files.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows)))
   logging.info("wrote %d samples of step %d to %s", len(rows), gen.step, path)
   for r in rows[: s.print_samples]:
     print(json.dumps(r["text"]))

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from driftjax import files
+from driftjax import hosts
 from driftjax.drift import field
 
 Array = jax.Array
@@ -247,6 +248,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results[name] = train_target(name, cfg, field_cfg, jax.random.fold_in(key, i))
     logging.info("toy2d %s: %s", name, json.dumps(results[name]["metrics"]))
   metrics = {name: r["metrics"] for name, r in results.items()}
-  files.atomic_write(os.path.join(workdir, "toy2d.json"), json.dumps(metrics, indent=2))
-  plot(results, os.path.join(workdir, "toy2d.png"))
+
+  def write_results():
+    files.atomic_write(os.path.join(workdir, "toy2d.json"), json.dumps(metrics, indent=2))
+    plot(results, os.path.join(workdir, "toy2d.png"))
+
+  hosts.first_writes("toy2d_results", write_results)
   return metrics

@@ -128,17 +128,32 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   )
 
 
-class _SigtermFlag:
-  """Set on SIGTERM (preemption); the loop saves and exits at the next step boundary."""
+class _Preemption:
+  """Whether to save and stop at this step because the job is being preempted (SIGTERM).
+
+  One process: our SIGTERM handler sets a flag that the loop reads at the next step boundary. Several: the
+  preemption sync manager that jax.distributed.initialize starts catches SIGTERM on any host, tells the others
+  through the coordination service, and agrees on one step at which every host sees
+  reached_preemption_sync_point(step) true; asking it is local, so no step pays for a collective. (Our own
+  handler would replace JAX's, so none is installed there.)
+  """
 
   def __init__(self):
     self.set = False
     self._previous = None
+    self._several_hosts = jax.process_count() > 1
 
   def __enter__(self):
-    if _in_main_thread():  # Signal handlers can only be set from the main thread.
+    if not self._several_hosts and _in_main_thread():  # Signal handlers can only be set from the main thread.
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
+
+  def reached(self, step: int) -> bool:
+    """Asked once after every step, with the same step on every host (they all start from the same one)."""
+    if self._several_hosts and multihost_utils.reached_preemption_sync_point(step):
+      logging.warning("preemption notice: every host saves a checkpoint at step %d and stops", step)
+      self.set = True
+    return self.set
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM: saving a checkpoint at the next step and stopping")
@@ -168,13 +183,6 @@ def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None, 
     )
     what = ", ".join(f"{k} is {v}" for k, v in bad.items())
     raise NonFiniteLossError(f"{what} at step {step}: stopping; {where}")
-
-
-def _any_host(flag: bool) -> bool:
-  """True when any process has the flag set: every host must stop (and save) at the same step."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | None = None) -> dict[str, Any]:
@@ -210,7 +218,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | None
   timer = train_log.StepTimer(start, trainer.cfg.groups * trainer.cfg.n_gen * config.model.seq_len)  # After loading.
   step = start
   try:
-    with _SigtermFlag() as sigterm:
+    with _Preemption() as preemption:
       while step < total:
         state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
         step += 1
@@ -221,14 +229,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | None
           t_eval = time.time()
           writer.write(step, quick_eval(state))
           timer.pause(time.time() - t_eval)  # Evaluation time is not training step time.
-        stop = _any_host(sigterm.set) or bool(t.stop_after_steps and step - start >= t.stop_after_steps)
+        stop = preemption.reached(step) or bool(t.stop_after_steps and step - start >= t.stop_after_steps)
         if stop or step % t.checkpoint_every == 0 or step == total:
           # Never save a state that is not finite: read this step's loss and gradient norm first.
           _check_finite(_host_metrics({k: metrics[k] for k in ("loss", "grad_norm")}), step, last_saved, workdir)
           ckpt_lib.save(mngr, step, state, trainer.data_iter, force=True)
           last_saved = step
           if stop:
-            logging.warning("stopped (%s) after saving step %d", "SIGTERM" if sigterm.set else "stop_after_steps", step)
+            why = "preemption" if preemption.set else "stop_after_steps"
+            logging.warning("stopped (%s) after saving step %d", why, step)
             break
       if pending is not None:
         report(*pending)

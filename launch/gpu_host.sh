@@ -4,10 +4,26 @@
 #
 #   bash launch/gpu_host.sh setup    # install with CUDA jaxlib into .venv
 #   bash launch/gpu_host.sh train    # start or resume (same WORKDIR resumes from its latest checkpoint)
+#   bash launch/gpu_host.sh --dry-run train   # (or DRY_RUN=1) print the commands instead of running them
 #
 # For several GPU hosts, run `train` on each with JAX_COORDINATOR_ADDRESS=host0:1234, JAX_NUM_PROCESSES=N and
 # JAX_PROCESS_ID=i set: driftjax then calls jax.distributed.initialize() and all hosts form one mesh.
 set -euo pipefail
+
+DRY_RUN=${DRY_RUN:-0}
+if [[ "${1:-}" == "--dry-run" ]]; then
+  DRY_RUN=1
+  shift
+fi
+# Runs a command, or prints it (shell-quoted) under --dry-run.
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    printf '%q ' "$@"
+    echo
+  else
+    "$@"
+  fi
+}
 
 # ---- Set these. ----------------------------------------------------------------------------------------------
 WORKDIR=${WORKDIR:-runs/default}    # Local disk, NFS, or gs:// (shared by all hosts when there are several).
@@ -19,15 +35,18 @@ CUDA_EXTRA=${CUDA_EXTRA:-cuda12}
 cd "$(dirname "$0")/.."
 case "${1:-}" in
   setup)
-    python3 -m venv .venv
-    .venv/bin/pip install -q -U pip
-    .venv/bin/pip install -q -e . "jax[$CUDA_EXTRA]"
+    run python3 -m venv .venv
+    run .venv/bin/pip install -q -U pip
+    run .venv/bin/pip install -q -e . "jax[$CUDA_EXTRA]"
     ;;
   train)
-    .venv/bin/python -m driftjax.main --config="$CONFIG" --workdir="$WORKDIR" $EXTRA_FLAGS
+    if [[ "$DRY_RUN" == 1 && -n "${JAX_COORDINATOR_ADDRESS:-}" ]]; then
+      echo "# process ${JAX_PROCESS_ID:-?} of ${JAX_NUM_PROCESSES:-?}, coordinator $JAX_COORDINATOR_ADDRESS"
+    fi
+    run .venv/bin/python -m driftjax.main --config="$CONFIG" --workdir="$WORKDIR" $EXTRA_FLAGS
     ;;
   *)
-    echo "usage: $0 setup|train" >&2
+    echo "usage: $0 [--dry-run] setup|train" >&2
     exit 2
     ;;
 esac

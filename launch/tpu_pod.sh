@@ -8,6 +8,7 @@
 #   bash launch/tpu_pod.sh train     # start (or resume: the same command picks up DIR's latest checkpoint)
 #   bash launch/tpu_pod.sh logs      # follow worker 0's log
 #   bash launch/tpu_pod.sh delete
+#   bash launch/tpu_pod.sh --dry-run train   # (or DRY_RUN=1) print the commands instead of running them
 #
 # A preempted spot/queued slice gets SIGTERM: the run saves a checkpoint and exits; rerun `train` on a new
 # slice with the same WORKDIR to resume.
@@ -24,18 +25,33 @@ CONFIG=${CONFIG:-configs/default.py}
 EXTRA_FLAGS=${EXTRA_FLAGS:-"--config.model.dtype=bfloat16 --config.encoder.dtype=bfloat16 --config.data.groups=32"}
 # ---------------------------------------------------------------------------------------------------------------
 
+DRY_RUN=${DRY_RUN:-0}
+if [[ "${1:-}" == "--dry-run" ]]; then
+  DRY_RUN=1
+  shift
+fi
+# Runs a command, or prints it (shell-quoted) under --dry-run.
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    printf '%q ' "$@"
+    echo
+  else
+    "$@"
+  fi
+}
+
 ssh_all() {
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --worker=all --command="$1"
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --worker=all --command="$1"
 }
 
 case "${1:-}" in
   create)
-    gcloud compute tpus tpu-vm create "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
+    run gcloud compute tpus tpu-vm create "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
       --accelerator-type="$ACCELERATOR" --version="$RUNTIME"
     ;;
   setup)
-    tar czf /tmp/driftjax.tgz --exclude=.venv --exclude=runs --exclude=.git -C "$(dirname "$0")/.." .
-    gcloud compute tpus tpu-vm scp /tmp/driftjax.tgz "$TPU_NAME":~/driftjax.tgz --project="$PROJECT" \
+    run tar czf /tmp/driftjax.tgz --exclude=.venv --exclude=runs --exclude=.git -C "$(dirname "$0")/.." .
+    run gcloud compute tpus tpu-vm scp /tmp/driftjax.tgz "$TPU_NAME":~/driftjax.tgz --project="$PROJECT" \
       --zone="$ZONE" --worker=all
     ssh_all "mkdir -p ~/driftjax && tar xzf ~/driftjax.tgz -C ~/driftjax && cd ~/driftjax && \
       python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . 'jax[tpu]'"
@@ -46,14 +62,14 @@ case "${1:-}" in
       $EXTRA_FLAGS > train.log 2>&1 &"
     ;;
   logs)
-    gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --worker=0 \
+    run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --worker=0 \
       --command="tail -f ~/driftjax/train.log"
     ;;
   delete)
-    gcloud compute tpus tpu-vm delete "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --quiet
+    run gcloud compute tpus tpu-vm delete "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --quiet
     ;;
   *)
-    echo "usage: $0 create|setup|train|logs|delete" >&2
+    echo "usage: $0 [--dry-run] create|setup|train|logs|delete" >&2
     exit 2
     ;;
 esac

@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any, Sequence
 
+from absl import logging
 import grain
 import jax
 import numpy as np
@@ -174,6 +175,10 @@ def make_iterator(rows: np.ndarray, batch_per_host: int, seed: int) -> grain.Dat
   shard = grain.MapDataset.source(rows)[host::n_hosts]
   if len(shard) < batch_per_host:
     raise ValueError(f"host {host} holds {len(shard)} rows, fewer than its batch of {batch_per_host}")
+  if n_hosts > 1:
+    logging.info(
+      "data: host %d of %d reads rows %d::%d (%d of %d)", host, n_hosts, host, n_hosts, len(shard), len(rows)
+    )
   ds = shard.shuffle(seed=seed).repeat(None).to_iter_dataset().batch(batch_per_host, drop_remainder=True)
   return iter(ds)
 
@@ -201,6 +206,8 @@ def hf_iterator(
     row[: len(ids)] = ids
     return row
 
+  if n_hosts > 1:
+    logging.info("data: host %d of %d reads documents %d::%d of %d", host, n_hosts, host, n_hosts, len(docs))
   ds = (
     grain.MapDataset.source(docs)[host::n_hosts]
     .shuffle(seed=seed)
