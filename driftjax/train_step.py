@@ -170,7 +170,7 @@ def generated_loss(
     total = total + cfg.teacher_weight * t_loss
     metrics.update({"loss/teacher": t_loss, "scale/teacher": aux["scale"]})
   head_logits = out if cfg.gen.head == "vocab" else None
-  metrics.update(teacher_lib.diagnostics(ids, cfg.gen.vocab_size, head_logits, weights))
+  metrics.update(teacher_lib.diagnostics(ids, cfg.gen.vocab_size, head_logits, weights, encoder.cfg.eos_token_id))
   return total, metrics
 
 

@@ -112,3 +112,12 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       assert np.isfinite(metrics[key]), (positives, key, metrics[key])
     assert metrics["grad_norm"] > 0
     assert ("loss/raw/flat" in metrics or any(k.startswith("loss/raw") for k in metrics)) == (positives != "teacher")
+
+
+def test_diagnostics_count_duplicates_before_the_end_and_effective_positives():
+  ids = jnp.array([[4, 4, 5, 0, 0, 0], [4, 2, 3, 2, 2, 0]])  # End-of-text is 0: its padding is not a repeat.
+  w = jnp.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])[:, None, :] * jnp.ones((1, 6, 1))
+  d = jax.device_get(teacher.diagnostics(ids, 6, None, w, eos_id=0))
+  np.testing.assert_allclose(d["diag/dup_adjacent"], 2 / 6)  # (4, 4) and (2, 2) among 2 + 4 pairs before the end.
+  np.testing.assert_allclose(d["diag/eff_positives"], 1.5)  # Two equal candidates count 2, one counts 1.
+  np.testing.assert_allclose(d["diag/agree"], np.mean([2, 1, 1, 1, 1, 2]) / 2)

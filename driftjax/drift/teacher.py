@@ -155,14 +155,21 @@ def teacher_loss(
   return field_lib.drift_loss(x, pos, neg, pos_w, neg_w, config=cfg)
 
 
-def diagnostics(ids: Array, vocab: int, head_logits: Array | None, weights: Array | None) -> dict[str, Array]:
+def diagnostics(
+  ids: Array, vocab: int, head_logits: Array | None, weights: Array | None, eos_id: int | None = None
+) -> dict[str, Array]:
   """Scalars to watch: adjacent duplicates, the head's commitment, effective positives, agreement.
 
   ids (B, L) the decoded tokens, below vocab; head_logits (B, L, V) the vocab head's logits (None for other heads);
-  weights (B, L, K) the teacher's candidate weights (None without a teacher).
+  weights (B, L, K) the teacher's candidate weights (None without a teacher); eos_id: when given, adjacent pairs
+  at or after a sample's first end-of-text (its padding) are not counted.
   """
   b = ids.shape[0]
-  out = {"diag/dup_adjacent": jnp.mean((ids[:, 1:] == ids[:, :-1]).astype(jnp.float32))}
+  pairs = jnp.ones(ids[:, 1:].shape, bool)
+  if eos_id is not None:
+    pairs = jnp.cumsum(ids == eos_id, axis=1)[:, 1:] == 0  # Both tokens of the pair before the end.
+  dup = (ids[:, 1:] == ids[:, :-1]) & pairs
+  out = {"diag/dup_adjacent": jnp.sum(dup) / jnp.maximum(jnp.sum(pairs), 1)}
   counts = jnp.sum(jax.nn.one_hot(ids, vocab, dtype=jnp.float32), axis=0)  # (L, V)
   out["diag/agree"] = jnp.mean(jnp.max(counts, -1)) / b
   if head_logits is not None:
