@@ -6,8 +6,15 @@ Needs DIR/encoder from a demo run (--mode=pretrain_encoder or --mode=demo with c
 - particles: no generator. 32 free sequences of logits are optimized directly (Adam, lr 0.1) with the drift loss
   against fresh real stories each step: what the objective itself can reach, in seconds per variant.
 - generator: the demo's generator trained for --steps steps with each variant.
-Each row: gen-PPL under the demo's LM, grammatical_rate, distinct-2 over the set, and the share of samples
-agreeing on the token at each position (mean over positions; real stories: see the `data` row).
+Each row: gen-PPL under the demo's LM and under an independent evaluator LM (DIR/evaluator, when present: a
+second LM pretrained with another seed and about twice the parameters; the teacher variants' positives come from
+the demo's LM, so only this column is a fair score for them), grammatical_rate, distinct-2 over the set, the
+share of samples agreeing on the token at each position (mean over positions; real stories: see the `data` row),
+the share of adjacent duplicated tokens, the vocab head's median top probability and the teacher's effective
+positives per position. "probe.queue": Q earlier particles' decoded tokens (a FIFO of the last steps) are extra
+negatives of the teacher loss, as a generator never repels the same samples forever.
+The evaluator: python -m driftjax.main --config=configs/demo.py --workdir=DIR --mode=pretrain_encoder
+  --config.seed=1 --config.pretrain.n_embd=176 --config.pretrain.out_dir=evaluator
 """
 
 from __future__ import annotations
@@ -30,10 +37,10 @@ from driftjax import build  # noqa: E402
 from driftjax import sampler as sampler_lib  # noqa: E402
 from driftjax import train  # noqa: E402
 from driftjax import train_step as step_lib  # noqa: E402
-from driftjax.drift import losses as losses_lib  # noqa: E402
+from driftjax.data import tokenizer as tok_lib  # noqa: E402
 from driftjax.data import synthetic  # noqa: E402
 from driftjax.models import decode  # noqa: E402
-from driftjax.models import generator as gen_lib  # noqa: E402
+from driftjax.models import gpt2  # noqa: E402
 
 ALL_POOLS = ("pos", "mean", "std", "win4_mean", "win16_mean")
 # name -> config overrides on top of configs/demo.py.
@@ -56,7 +63,35 @@ VARIANTS = {
   "flat, last layer only, no raw": {"drift.layers": (2,), "drift.raw": False},
   "flat, 128 positives": {"data.n_pos": 128},
   "flat, queue 64": {"data.queue_size": 64},
+  # Teacher positives (issue 14): per position, the LM's top-k next tokens after the sample's own prefix.
+  "teacher": {"drift.positives": "teacher"},
+  "teacher, 3-gram repeat mask": {"drift.positives": "teacher", "drift.teacher_repeat_ngram": 3},
+  "teacher, 2-gram repeat mask": {"drift.positives": "teacher", "drift.teacher_repeat_ngram": 2},
+  "teacher, 3-gram, queue 64": {"drift.positives": "teacher", "drift.teacher_repeat_ngram": 3, "probe.queue": 64},
+  "teacher, 3-gram, repeat window 4": {
+    "drift.positives": "teacher",
+    "drift.teacher_repeat_ngram": 3,
+    "drift.teacher_repeat_window": 4,
+  },
+  "teacher, 3-gram, T=(0.02, 0.05)": {
+    "drift.positives": "teacher",
+    "drift.teacher_repeat_ngram": 3,
+    "drift.temperatures": (0.02, 0.05),
+  },
+  "teacher, 3-gram, top-32, floor 0.001": {
+    "drift.positives": "teacher",
+    "drift.teacher_repeat_ngram": 3,
+    "drift.teacher_top_k": 32,
+    "drift.teacher_floor": 0.001,
+  },
+  "data+teacher, 3-gram": {"drift.positives": "data+teacher", "drift.teacher_repeat_ngram": 3},
+  "data+teacher, 3-gram, queue 64": {
+    "drift.positives": "data+teacher",
+    "drift.teacher_repeat_ngram": 3,
+    "probe.queue": 64,
+  },
 }
+PROBE_KEYS = ("probe.queue",)  # Settings of the probe itself, not of the config.
 
 
 def set_path(config, path: str, value) -> None:
@@ -66,19 +101,23 @@ def set_path(config, path: str, value) -> None:
   node[path.split(".")[-1]] = value
 
 
-def scores(ids: np.ndarray, trainer) -> dict[str, float]:
+def scores(ids: np.ndarray, trainer, evaluator=None) -> dict[str, float]:
   rows = decode.truncate_at_eos(ids, trainer.tokenizer.eos_token_id)
   texts = [trainer.tokenizer.decode(r) for r in rows]
   agree = np.mean([np.bincount(ids[:, p]).max() / len(ids) for p in range(ids.shape[1])])
   return {
     "gen_ppl": text_metrics.gen_ppl(trainer.encoder, trainer.tokenizer, texts),
+    "eval_ppl": text_metrics.gen_ppl(*evaluator, texts) if evaluator else float("nan"),
+    # Adjacent duplicates within the text (end-of-text padding excluded).
+    "dup_adjacent": sum(int(np.sum(np.diff(r) == 0)) for r in rows) / max(sum(len(r) - 1 for r in rows), 1),
     "grammatical_rate": float(np.mean([synthetic.grammatical_rate(t) for t in texts])),
     "distinct_2": text_metrics.distinct_n(rows, 2),
     "agree": float(agree),
   }
 
 
-def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1) -> np.ndarray:
+def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1, queue: int = 0):
+  """The free sequences' final tokens (n, L) and the loss's metrics at the end (diagnostics included)."""
   cfg, enc = trainer.cfg, trainer.encoder
   table = enc.wte[...][: len(trainer.tokenizer)]
   width = table.shape[0] if cfg.gen.head == "vocab" else table.shape[1]
@@ -87,24 +126,30 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1) -> np.ndarr
     x = table[jax.random.randint(jax.random.key(0), x.shape[:2], 0, table.shape[0])]
   tx = optax.adam(lr)
   opt = tx.init(x)
+  pos_w = jnp.ones((1, cfg.n_pos))
+
+  def positives(real):
+    return jax.lax.stop_gradient(step_lib.feature_dict(enc, None, real, cfg)) if cfg.uses_data else None
 
   @jax.jit
-  def step(x, opt, real):
-    pos = jax.lax.stop_gradient(step_lib.feature_dict(enc, None, real, cfg))
-
-    def loss_fn(x):
-      emb = gen_lib.to_embeddings(x, table, cfg.gen)
-      return losses_lib.drift_losses(
-        step_lib.feature_dict(enc, emb, None, cfg), pos, jnp.ones((1, cfg.n_pos)), cfg.groups, cfg.field
-      )[0]
-
+  def step(x, opt, real, queue_ids):
+    loss_fn = lambda x: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, queue_ids)[0]
     grads = jax.grad(loss_fn)(x)
     updates, opt = tx.update(grads, opt)
-    return optax.apply_updates(x, updates), opt
+    ids = step_lib.decoded_ids(x, table, cfg.gen)
+    # FIFO of earlier particles' tokens: this step's newest first, the oldest drop out.
+    queue_ids = None if queue_ids is None else jnp.concatenate([ids, queue_ids])[: queue_ids.shape[0]]
+    return optax.apply_updates(x, updates), opt, queue_ids
 
+  queue_ids = None
+  if queue:
+    queue_ids = jnp.tile(step_lib.decoded_ids(x, table, cfg.gen), (-(-queue // n), 1))[:queue]
   for _ in range(steps):
-    x, opt = step(x, opt, trainer.next_batch())
-  return np.asarray(decode.decode_outputs(x, table, cfg.gen)[0])
+    x, opt, queue_ids = step(x, opt, trainer.next_batch(), queue_ids)
+  metrics = jax.jit(lambda x, real, q: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, q)[1])(
+    x, trainer.next_batch(), queue_ids
+  )
+  return np.asarray(decode.decode_outputs(x, table, cfg.gen)[0]), jax.device_get(metrics)
 
 
 def run_generator(trainer, steps: int, n: int = 64) -> np.ndarray:
@@ -119,7 +164,7 @@ def run_generator(trainer, steps: int, n: int = 64) -> np.ndarray:
     tokenizer=trainer.tokenizer,
     batch=n,
   )
-  return gen.generate(n, jax.random.key(1))[0]
+  return gen.generate(n, jax.random.key(1))[0], {}
 
 
 def main():
@@ -128,31 +173,44 @@ def main():
   parser.add_argument("--kind", default="particles", choices=("particles", "generator"))
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--only", default="", help="variant names separated by ; (default: all)")
+  parser.add_argument("--evaluator", default="", help="the independent evaluator LM (default: DIR/evaluator)")
   args = parser.parse_args()
   names = [n for n in VARIANTS if not args.only or n in args.only.split(";")]
-  print(f"{args.kind}, {args.steps} steps, {jax.devices()[0].device_kind}")
-  print("| variant | gen_ppl | grammatical_rate | distinct_2 | agree | seconds |\n|---|---|---|---|---|---|")
+  eval_dir = args.evaluator or os.path.join(args.workdir, "evaluator")
+  evaluator = (gpt2.load_gpt2(eval_dir), tok_lib.load_tokenizer(eval_dir)) if os.path.isdir(eval_dir) else None
+  print(f"{args.kind}, {args.steps} steps, {jax.devices()[0].device_kind}, evaluator {evaluator and eval_dir}")
+  print(
+    "| variant | gen_ppl | eval_ppl | grammatical_rate | distinct_2 | agree | dup_adjacent | head_top_p | "
+    "eff_positives | seconds |\n|---|---|---|---|---|---|---|---|---|---|"
+  )
   first = None
   for name in names:
     config = demo_config.get_config()
+    probe = {k: v for k, v in VARIANTS[name].items() if k in PROBE_KEYS}
     for path, value in VARIANTS[name].items():
-      set_path(config, path, value)
+      if path not in PROBE_KEYS:
+        set_path(config, path, value)
     config.train.eval_every = 0
     trainer = train.setup(config, args.workdir)
     if first is None:  # The data row: held-out stories, the same way.
       first = trainer
-      r = scores(build.corpus(config).heldout_rows(trainer.tokenizer, 64), trainer)
+      r = scores(build.corpus(config).heldout_rows(trainer.tokenizer, 64), trainer, evaluator)
       print(
-        f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
-        f"{r['distinct_2']:.3f} | {r['agree']:.3f} | |",
+        f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
+        f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | | | |",
         flush=True,
       )
     t0 = time.time()
-    ids = (run_particles if args.kind == "particles" else run_generator)(trainer, args.steps)
-    r = scores(ids, trainer)
+    if args.kind == "particles":
+      ids, metrics = run_particles(trainer, args.steps, queue=probe.get("probe.queue", 0))
+    else:
+      ids, metrics = run_generator(trainer, args.steps)
+    r = scores(ids, trainer, evaluator)
+    top_p, eff = metrics.get("diag/head_top_p_median", float("nan")), metrics.get("diag/eff_positives", float("nan"))
     print(
-      f"| {name} | {r['gen_ppl']:.3g} | {r['grammatical_rate']:.3f} | {r['distinct_2']:.3f} | "
-      f"{r['agree']:.3f} | {time.time() - t0:.0f} |",
+      f"| {name} | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
+      f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | {top_p:.2f} | {eff:.2f} | "
+      f"{time.time() - t0:.0f} |",
       flush=True,
     )
 

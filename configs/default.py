@@ -55,6 +55,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.drift_norm = "per_temperature"  # Ablation: none.
   config.drift.temperature_units = "mean_distance"  # Ablation: feature.
   config.drift.self_mask = 100.0
+  # Where the positives come from (issue 14; docs/demo.md "Teacher positives"): "data" (real stories'
+  # features, as above), "teacher" (per position, the frozen LM's likely next tokens after the sample's own
+  # decoded prefix, weighted by their probabilities, against the other samples' tokens at that position; a
+  # field on token embeddings) or "data+teacher" (the sum of both losses).
+  config.drift.positives = "data"
+  config.drift.teacher_top_k = 8  # Candidate next tokens per position.
+  config.drift.teacher_floor = 0.01  # Candidates below this probability weigh 0.
+  config.drift.teacher_repeat_ngram = 0  # > 0: candidates that would repeat an n-gram of the sample weigh 0.
+  config.drift.teacher_repeat_window = 0  # > 0: the sample's own previous w tokens are extra negatives.
+  config.drift.teacher_weight = 1.0  # Weight of the teacher loss in the sum.
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

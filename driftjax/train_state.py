@@ -37,6 +37,12 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     raw=config.drift.raw,
     poolings=tuple(config.drift.poolings),
     ema_decay=config.optim.ema_decay,
+    positive_source=config.drift.positives,
+    teacher_top_k=config.drift.teacher_top_k,
+    teacher_floor=config.drift.teacher_floor,
+    teacher_repeat_ngram=config.drift.teacher_repeat_ngram,
+    teacher_repeat_window=config.drift.teacher_repeat_window,
+    teacher_weight=config.drift.teacher_weight,
   )
 
 

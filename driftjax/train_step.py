@@ -2,7 +2,8 @@
 
 noise -> generator -> embeddings E; frozen GPT-2 features of E (inputs_embeds) and of real ids (input_ids)
 at the configured layers, plus the raw embeddings; poolings; the drift loss summed over feature keys; AdamW
-with warmup + cosine and clipping; EMA of the generator. The real-sample queue (token ids, G x Q x L) lives in
+with warmup + cosine and clipping; EMA of the generator. With drift.positives including "teacher", the frozen LM reads the generator's decoded
+tokens and its likely next tokens are per-position positives (driftjax/drift/teacher.py). The real-sample queue (token ids, G x Q x L) lives in
 the state: positives of group g are its fresh real rows plus its queued ones (empty slots weigh 0).
 """
 
@@ -19,10 +20,12 @@ from flax import nnx
 from driftjax.drift import features as feat_lib
 from driftjax.drift import field as field_lib
 from driftjax.drift import losses as losses_lib
+from driftjax.drift import teacher as teacher_lib
 from driftjax.models import generator as gen_lib
 
 Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
+POSITIVES = ("data", "teacher", "data+teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,26 @@ class StepConfig:
   raw: bool
   poolings: tuple[str, ...]
   ema_decay: float
+  # Where positives come from: "data" (real stories' features), "teacher" (the LM's next tokens after each
+  # sample's own prefix, per position) or "data+teacher" (the sum of both losses).
+  positive_source: str = "data"
+  teacher_top_k: int = 8
+  teacher_floor: float = 0.01
+  teacher_repeat_ngram: int = 0
+  teacher_repeat_window: int = 0
+  teacher_weight: float = 1.0
+
+  def __post_init__(self):
+    if self.positive_source not in POSITIVES:
+      raise ValueError(f"drift.positives={self.positive_source!r}; expected one of {POSITIVES}")
+
+  @property
+  def uses_data(self) -> bool:
+    return "data" in self.positive_source.split("+")
+
+  @property
+  def uses_teacher(self) -> bool:
+    return "teacher" in self.positive_source.split("+")
 
   @property
   def positives(self) -> int:
@@ -103,6 +126,54 @@ def feature_dict(encoder, emb: Array | None, ids: Array | None, cfg: StepConfig)
   return feat_lib.pool_features(hidden, cfg.poolings)
 
 
+def decoded_ids(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig) -> Array:
+  """The tokens the encoder reads for the generator's outputs (B, L): the argmax of a vocab head's logits, the
+  L2-nearest token of an embedding head's vectors."""
+  if gen_cfg.head == "vocab":
+    return jnp.argmax(out, axis=-1).astype(jnp.int32)
+  d2 = jnp.sum(table * table, -1) - 2.0 * jnp.einsum("bld,vd->blv", out, table)
+  return jnp.argmin(d2, axis=-1).astype(jnp.int32)
+
+
+def generated_loss(
+  encoder, out: Array, pos_feats, pos_w: Array | None, cfg: StepConfig, queue_ids: Array | None = None
+) -> tuple[Array, dict[str, Array]]:
+  """The drift loss of generator outputs out (B, L, V or D) and the metrics to watch.
+
+  pos_feats / pos_w: the real positives' pooled features and weights (used when cfg.uses_data);
+  queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss.
+  """
+  table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
+  emb = gen_lib.to_embeddings(out, table, cfg.gen)
+  total, metrics = jnp.zeros((), jnp.float32), {}
+  if cfg.uses_data:
+    total, metrics = losses_lib.drift_losses(
+      feature_dict(encoder, emb, None, cfg), pos_feats, pos_w, cfg.groups, cfg.field
+    )
+  ids = jax.lax.stop_gradient(decoded_ids(out, table, cfg.gen))
+  weights = None
+  if cfg.uses_teacher:
+    eos = encoder.cfg.eos_token_id
+    lm_in = jnp.concatenate([jnp.full((ids.shape[0], 1), eos, jnp.int32), ids[:, :-1]], axis=1)
+    logits = jax.lax.stop_gradient(encoder(input_ids=lm_in, logits=True)["logits"][..., : cfg.gen.vocab_size])
+    cand, weights = teacher_lib.next_token_candidates(
+      logits,
+      ids,
+      top_k=cfg.teacher_top_k,
+      floor=cfg.teacher_floor,
+      repeat_ngram=cfg.teacher_repeat_ngram,
+      eos_id=eos,
+    )
+    t_loss, aux = teacher_lib.teacher_loss(
+      emb, ids, cand, weights, table, config=cfg.field, queue_ids=queue_ids, repeat_window=cfg.teacher_repeat_window
+    )
+    total = total + cfg.teacher_weight * t_loss
+    metrics.update({"loss/teacher": t_loss, "scale/teacher": aux["scale"]})
+  head_logits = out if cfg.gen.head == "vocab" else None
+  metrics.update(teacher_lib.diagnostics(ids, cfg.gen.vocab_size, head_logits, weights, encoder.cfg.eos_token_id))
+  return total, metrics
+
+
 def train_step(
   state: TrainState,
   real_ids: Array,
@@ -125,16 +196,13 @@ def train_step(
   if cfg.queue_size:
     pos_ids = jnp.concatenate([fresh, state["queue"]], axis=1)
     pos_w = jnp.concatenate([pos_w, state["queue_filled"]], axis=1)
-  pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg))
-
-  table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
+  pos_feats = None
+  if cfg.uses_data:
+    pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg))
 
   def loss_fn(params):
-    emb = gen_lib.to_embeddings(nnx.merge(graphdef, params)(noise, style), table, cfg.gen)
-    loss, metrics = losses_lib.drift_losses(
-      feature_dict(encoder, emb, None, cfg), pos_feats, pos_w, cfg.groups, cfg.field
-    )
-    return loss, metrics
+    out = nnx.merge(graphdef, params)(noise, style)
+    return generated_loss(encoder, out, pos_feats, pos_w, cfg)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -1,0 +1,123 @@
+"""Teacher positives (driftjax/drift/teacher.py): which tokens become positives, with what weight, and the step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from train_test import tiny_config
+
+from driftjax import train
+from driftjax.drift import field as field_lib
+from driftjax.drift import teacher
+
+PROBS = np.array([0.5, 0.3, 0.15, 0.04, 0.008, 0.002])
+
+
+def _logits(probs_per_position):
+  return jnp.log(jnp.asarray(probs_per_position, jnp.float32))
+
+
+def test_top_k_and_floor_pick_candidates_weighted_by_probability():
+  logits = _logits(np.broadcast_to(PROBS, (2, 3, 6)))
+  ids = jnp.array([[1, 2, 3], [3, 4, 5]])
+  cand, w = teacher.next_token_candidates(logits, ids, top_k=4, floor=0.05)
+  assert cand.shape == w.shape == (2, 3, 4)
+  np.testing.assert_array_equal(cand, np.broadcast_to([0, 1, 2, 3], (2, 3, 4)))  # The 4 likeliest, best first.
+  # Weights are the LM's probabilities; token 3 (p = 0.04) is below the floor and weighs 0.
+  np.testing.assert_allclose(w, np.broadcast_to([0.5, 0.3, 0.15, 0.0], (2, 3, 4)), rtol=1e-5)
+
+
+def test_repeat_mask_flags_only_candidates_that_complete_an_earlier_ngram():
+  ids = jnp.array([[5, 6, 7, 5, 6, 9]])
+  cand = jnp.broadcast_to(jnp.array([7, 9, 5, 6]), (1, 6, 4))
+  tri = np.asarray(teacher.repeat_mask(ids, cand, 3))[0]
+  # Position 5 follows "5 6": 7 would repeat "5 6 7" (positions 0-2); 9, 5 and 6 would not.
+  np.testing.assert_array_equal(tri[5], [True, False, False, False])
+  assert not tri[:5].any(), "no trigram can repeat before position 5"
+  bi = np.asarray(teacher.repeat_mask(ids, cand, 2))[0]
+  # Position 4 follows "5": "5 6" occurred at 0-1. Position 5 follows "6": "6 7" occurred at 1-2.
+  np.testing.assert_array_equal(bi[4], [False, False, False, True])
+  np.testing.assert_array_equal(bi[5], [True, False, False, False])
+  np.testing.assert_array_equal(bi[:4], np.zeros((4, 4), bool))
+  assert not np.asarray(teacher.repeat_mask(ids, cand, 0)).any()
+  # Each sample is masked against its own tokens only.
+  two = teacher.repeat_mask(jnp.array([[5, 6, 7, 5, 6, 9], [1, 2, 3, 4, 5, 6]]), jnp.broadcast_to(cand, (2, 6, 4)), 3)
+  assert not np.asarray(two)[1].any()
+
+
+def test_masked_candidates_weigh_zero_and_padding_after_the_end_is_end_of_text():
+  logits = jnp.log(jnp.asarray(np.broadcast_to([0.05, 0.05, 0.09, 0.11, 0.3, 0.4], (1, 6, 6)), jnp.float32))
+  ids = jnp.array([[5, 4, 5, 1, 0, 3]])  # End-of-text is token 1 here; the sample ends at position 3.
+  cand, w = teacher.next_token_candidates(logits, ids, top_k=3, floor=0.01, repeat_ngram=2, junk_ids=jnp.array([3]))
+  cand, w = np.asarray(cand)[0], np.asarray(w)[0]
+  np.testing.assert_array_equal(cand[0], [5, 4, 3])
+  np.testing.assert_allclose(w[0], [0.4, 0.3, 0.0], rtol=1e-5)  # Token 3 is junk.
+  # Position 2 follows "4"; no bigram "4 x" before it: only junk is masked.
+  np.testing.assert_allclose(w[2], [0.4, 0.3, 0.0], rtol=1e-5)
+  # Position 3 follows "5": "5 4" occurred at 0-1, so 4 is masked; 5 is not ("5 5" never occurred).
+  np.testing.assert_allclose(w[3], [0.4, 0.0, 0.0], rtol=1e-5)
+  # After the first end-of-text (position 3) every position is padding: end-of-text with weight 1.
+  cand_e, w_e = teacher.next_token_candidates(logits, ids, top_k=3, floor=0.01, eos_id=1)
+  np.testing.assert_array_equal(np.asarray(cand_e)[0, 4:, 0], [1, 1])
+  np.testing.assert_allclose(np.asarray(w_e)[0, 4:], [[1, 0, 0], [1, 0, 0]])
+  np.testing.assert_allclose(
+    np.asarray(w_e)[0, :4], np.asarray(teacher.next_token_candidates(logits, ids, top_k=3, floor=0.01)[1])[0, :4]
+  )
+
+
+def test_teacher_loss_pulls_each_position_toward_its_own_candidates():
+  table = jax.random.normal(jax.random.key(0), (10, 16))
+  ids = jnp.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+  w = jnp.ones((3, 3, 1))
+  emb = table[ids]
+
+  def grad(cand):
+    return jax.grad(lambda e: teacher.teacher_loss(e, ids, cand, w, table, config=field_lib.FieldConfig())[0])(emb)
+
+  # Every position's only positive is token 9, which no sample holds: descent moves every row toward it.
+  g = grad(jnp.full((3, 3, 1), 9, jnp.int32))
+  toward = table[9][None, None] - emb
+  assert np.all(np.asarray(jnp.sum(-g * toward, -1)) > 0)
+  # Sample 0 already sits on its candidate: its force is several times smaller than the others' (a residual
+  # repulsion from the other samples' tokens remains, mostly from the broadest temperature).
+  cand = jnp.concatenate([ids[:1, :, None], jnp.full((2, 3, 1), 9, jnp.int32)], 0)
+  norms = np.linalg.norm(np.asarray(grad(cand)), axis=-1)
+  assert norms[0].mean() < 0.2 * norms[1:].mean(), norms
+
+
+def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path):
+  for positives in ("teacher", "data+teacher"):
+    config = tiny_config()
+    config.model.head = "vocab"
+    config.model.vocab_mode = "straight_through"
+    config.drift.positives = positives
+    config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
+    config.drift.teacher_repeat_ngram = 2
+    config.drift.teacher_repeat_window = 2
+    trainer = train.setup(config, str(tmp_path / positives.replace("+", "_")))
+    state = trainer.init_state()
+    state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)  # The one compilation.
+    compiles = []
+    listener = lambda event, duration, compiles=compiles, **kw: (
+      compiles.append(event) if "backend_compile" in event else None
+    )
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+      for _ in range(2):
+        state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
+      metrics = jax.device_get(metrics)
+    finally:
+      jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == [], f"{positives}: {len(compiles)} compilations after the first step"
+    for key in ("loss", "grad_norm", "loss/teacher", "diag/dup_adjacent", "diag/eff_positives"):
+      assert np.isfinite(metrics[key]), (positives, key, metrics[key])
+    assert metrics["grad_norm"] > 0
+    assert ("loss/raw/flat" in metrics or any(k.startswith("loss/raw") for k in metrics)) == (positives != "teacher")
+
+
+def test_diagnostics_count_duplicates_before_the_end_and_effective_positives():
+  ids = jnp.array([[4, 4, 5, 0, 0, 0], [4, 2, 3, 2, 2, 0]])  # End-of-text is 0: its padding is not a repeat.
+  w = jnp.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])[:, None, :] * jnp.ones((1, 6, 1))
+  d = jax.device_get(teacher.diagnostics(ids, 6, None, w, eos_id=0))
+  np.testing.assert_allclose(d["diag/dup_adjacent"], 2 / 6)  # (4, 4) and (2, 2) among 2 + 4 pairs before the end.
+  np.testing.assert_allclose(d["diag/eff_positives"], 1.5)  # Two equal candidates count 2, one counts 1.
+  np.testing.assert_allclose(d["diag/agree"], np.mean([2, 1, 1, 1, 1, 2]) / 2)
