@@ -27,6 +27,7 @@ from benchmarks.common import timed  # noqa: E402
 from driftjax import train  # noqa: E402
 from driftjax import train_step as step_lib  # noqa: E402
 from driftjax.drift import field as field_lib  # noqa: E402
+from driftjax.drift import losses as losses_lib  # noqa: E402
 from driftjax.models import generator as gen_lib  # noqa: E402
 
 
@@ -80,7 +81,10 @@ def step_parts(config_path: str, reps: int) -> None:
       jax.jit(jax.grad(lambda e: sum(jnp.sum(v) for v in step_lib.feature_dict(enc, e, None, c).values()))),
       emb,
     ),
-    "field fwd+bwd": (jax.jit(jax.grad(lambda g: step_lib.drift_losses(g, pos_feats, w, c)[0])), gen_feats),
+    "field fwd+bwd": (
+      jax.jit(jax.grad(lambda g: losses_lib.drift_losses(g, pos_feats, w, c.groups, c.field)[0])),
+      gen_feats,
+    ),
   }
   carry = {"state": trainer.init_state()}  # The step donates its state: thread it through the calls.
 

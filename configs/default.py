@@ -68,14 +68,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()
-  config.data.source = "hf:roneneldan/TinyStories"  # Or files:<glob> (.txt / .jsonl), or synthetic.
+  config.data.source = "hf:roneneldan/TinyStories"  # Or files:<glob> (.txt / .jsonl), synthetic, tinystories_sample.
   config.data.split = "train"  # For hf: sources.
   config.data.groups = 1  # G; groups shard over the data axis of the mesh.
   config.data.n_gen = 64  # Generated samples per group.
   config.data.n_pos = 64  # Fresh real samples per group per step.
   config.data.queue_size = 0  # Earlier real samples per group added as positives (paper: more positives help).
   config.data.pack = False  # Pad each story with end-of-text (False) or pack stories into rows (True).
-  config.data.holdout = 0  # Rows held out of training as the data reference (files:/synthetic sources).
+  config.data.holdout = 0  # Rows held out of training as the data reference (files:, synthetic, tinystories_sample).
   config.data.synthetic_docs = 0  # Stories drawn from the grammar for data.source=synthetic.
 
   # AdamW with linear warmup then cosine decay (the seed's settings).

@@ -1,7 +1,7 @@
 """--mode=eval: scores a samples file and writes DIR/eval/step_<step>.json and .md, with reference rows.
 
 Rows: the generator's samples; `data` (held-out real text of the same length and count) and `ar` (plain
-ancestral samples of the same length from the evaluator LM itself), all scored by the same code
+ancestral samples of the same length from the encoder LM, the generator's teacher), all scored by the same code
 (driftjax/text_metrics.py). With config.eval.sweep_temperatures, samples are redrawn at each decoding temperature
 and a gen-PPL vs entropy frontier is plotted with the reference points.
 """
@@ -220,7 +220,8 @@ def temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval
     toks = decode.truncate_at_eos(ids, tokenizer.eos_token_id)
     texts = [tokenizer.decode(x) for x in toks]
     out[f"{float(t):g}"] = {
-      "gen_ppl": text_metrics.gen_ppl(evaluator, eval_tok, texts),
+      # As the other rows: an end-of-text is scored only where the sample produced one.
+      "gen_ppl": text_metrics.gen_ppl(evaluator, eval_tok, texts, ended=[len(x) < config.model.seq_len for x in toks]),
       "entropy": text_metrics.mean_entropy(toks),
     }
   return out

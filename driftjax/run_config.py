@@ -90,6 +90,8 @@ def resolve(config: ml_collections.ConfigDict | None, workdir: str, mode: str) -
     if mode not in ("sample", "eval"):
       raise ValueError(f"--mode={mode} needs --config (only sample and eval read a run folder's {FILENAME})")
     return load(workdir)
+  if mode in ("sample", "eval") and "://" not in workdir and not os.path.isdir(workdir):
+    raise FileNotFoundError(f"run folder {workdir} does not exist")  # Before anything creates it.
   if mode in ("sample", "eval") and os.path.exists(path(workdir)):
     diffs = model_differences(load(workdir), config)
     if diffs:

@@ -8,7 +8,7 @@
 - self_bleu: mean BLEU-4 of each sample against all the others (nltk, smoothing method 1, as in Texygen), with
   tokens as BLEU's words.
   These three count token ids, not words: the (BPE) tokens of the tokenizer that produced the samples (the
-  generator's; the evaluator's for the evaluator's own `ar` samples), so their values move with the tokenizer
+  generator's, which the encoder LM's `ar` samples share), so their values move with the tokenizer
   and compare across runs only at the same one. Texygen's self-BLEU splits words instead.
 - mauve: MAUVE (mauve-text's compute_mauve, eval.mauve) of the samples against the data reference, on features
   made as mauve-text makes them (mauve/compute_mauve.py get_features_from_input, mauve/utils.py

@@ -37,12 +37,13 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     raw=config.drift.raw,
     poolings=tuple(config.drift.poolings),
     ema_decay=config.optim.ema_decay,
-    positive_source=config.drift.positives,
-    teacher_top_k=config.drift.teacher_top_k,
-    teacher_floor=config.drift.teacher_floor,
-    teacher_repeat_ngram=config.drift.teacher_repeat_ngram,
-    teacher_repeat_window=config.drift.teacher_repeat_window,
-    teacher_weight=config.drift.teacher_weight,
+    # .get: a run folder's config.json from before these settings existed still describes a data-only run.
+    positive_source=config.drift.get("positives", "data"),
+    teacher_top_k=config.drift.get("teacher_top_k", 8),
+    teacher_floor=config.drift.get("teacher_floor", 0.01),
+    teacher_repeat_ngram=config.drift.get("teacher_repeat_ngram", 0),
+    teacher_repeat_window=config.drift.get("teacher_repeat_window", 0),
+    teacher_weight=config.drift.get("teacher_weight", 1.0),
   )
 
 

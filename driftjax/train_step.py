@@ -2,9 +2,10 @@
 
 noise -> generator -> embeddings E; frozen GPT-2 features of E (inputs_embeds) and of real ids (input_ids)
 at the configured layers, plus the raw embeddings; poolings; the drift loss summed over feature keys; AdamW
-with warmup + cosine and clipping; EMA of the generator. With drift.positives including "teacher", the frozen LM reads the generator's decoded
-tokens and its likely next tokens are per-position positives (driftjax/drift/teacher.py). The real-sample queue (token ids, G x Q x L) lives in
-the state: positives of group g are its fresh real rows plus its queued ones (empty slots weigh 0).
+with warmup + cosine and clipping; EMA of the generator. With drift.positives including "teacher", the frozen
+LM reads the generator's decoded tokens and its likely next tokens are per-position positives
+(driftjax/drift/teacher.py). The real-sample queue (token ids, G x Q x L) lives in the state: positives of
+group g are its fresh real rows plus its queued ones (empty slots weigh 0).
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def generated_loss(
     total, metrics = losses_lib.drift_losses(
       feature_dict(encoder, emb, None, cfg), pos_feats, pos_w, cfg.groups, cfg.field
     )
+  if not cfg.uses_teacher and cfg.gen.head != "vocab":
+    # Decoding an embedding head is a nearest-token search over the whole vocabulary ((B, L, V) distances):
+    # the data-only step does not pay for it just to report the decoded tokens' diagnostics.
+    return total, metrics
   ids = jax.lax.stop_gradient(decoded_ids(out, table, cfg.gen))
   weights = None
   if cfg.uses_teacher:
