@@ -26,6 +26,8 @@ import grain
 import jax
 import numpy as np
 
+from driftjax.data import synthetic
+
 EOT = "<|endoftext|>"
 TINYSTORIES_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tinystories", "dev.txt")
 
@@ -115,8 +117,6 @@ def load_documents(source: str, split: str = "train", seed: int = 0, synthetic_d
       raise ValueError(f"data set {name!r} has no 'text' column (columns: {ds.column_names})")
     return ds["text"]
   if source == "synthetic":
-    from driftjax.data import synthetic
-
     return synthetic.generate_stories(synthetic_docs, seed=seed)
   if source == "tinystories_sample":
     return read_text_file(TINYSTORIES_SAMPLE)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
 
 from driftjax.models import attention
 from driftjax.models import remat as remat_lib
@@ -286,8 +288,6 @@ _BLOCK_NAMES = {  # HF name inside h.{i} -> (module attribute, parameter).
 def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False) -> GPT2:
   """A GPT-2 with weights from a local HF folder or a hub name; every weight must be present (remat: see
   GPT2)."""
-  from safetensors.numpy import load_file
-
   path = _resolve(name_or_path)
   cfg = load_config(path)
   weights_file = os.path.join(path, "model.safetensors")
@@ -325,8 +325,6 @@ def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False) -> GPT2
 
 def save_gpt2(model: GPT2, path: str) -> None:
   """Writes config.json + model.safetensors that transformers' GPT2LMHeadModel and load_gpt2 both read."""
-  from safetensors.numpy import save_file
-
   cfg = model.cfg
   tensors = {
     "wte.weight": model.wte[...],
