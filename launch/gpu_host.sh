@@ -10,20 +10,9 @@
 # JAX_PROCESS_ID=i set: driftjax then calls jax.distributed.initialize() and all hosts form one mesh.
 set -euo pipefail
 
-DRY_RUN=${DRY_RUN:-0}
-if [[ "${1:-}" == "--dry-run" ]]; then
-  DRY_RUN=1
-  shift
-fi
-# Runs a command, or prints it (shell-quoted) under --dry-run.
-run() {
-  if [[ "$DRY_RUN" == 1 ]]; then
-    printf '%q ' "$@"
-    echo
-  else
-    "$@"
-  fi
-}
+# --dry-run (or DRY_RUN=1): run() prints each command instead (sourced without arguments, so its `shift`
+# consumes this script's --dry-run).
+source "$(dirname "${BASH_SOURCE[0]}")/dry_run.sh"
 
 # ---- Set these. ----------------------------------------------------------------------------------------------
 WORKDIR=${WORKDIR:-runs/default}    # Local disk, NFS, or gs:// (shared by all hosts when there are several).

@@ -25,20 +25,9 @@ CONFIG=${CONFIG:-configs/default.py}
 EXTRA_FLAGS=${EXTRA_FLAGS:-"--config.model.dtype=bfloat16 --config.encoder.dtype=bfloat16 --config.data.groups=32"}
 # ---------------------------------------------------------------------------------------------------------------
 
-DRY_RUN=${DRY_RUN:-0}
-if [[ "${1:-}" == "--dry-run" ]]; then
-  DRY_RUN=1
-  shift
-fi
-# Runs a command, or prints it (shell-quoted) under --dry-run.
-run() {
-  if [[ "$DRY_RUN" == 1 ]]; then
-    printf '%q ' "$@"
-    echo
-  else
-    "$@"
-  fi
-}
+# --dry-run (or DRY_RUN=1): run() prints each command instead (sourced without arguments, so its `shift`
+# consumes this script's --dry-run).
+source "$(dirname "${BASH_SOURCE[0]}")/dry_run.sh"
 
 ssh_all() {
   run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" --worker=all --command="$1"
