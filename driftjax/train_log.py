@@ -9,9 +9,10 @@ import json
 import os
 import time
 
-import jax
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+from driftjax import hosts
 
 
 class MetricsWriter:
@@ -19,7 +20,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, start: int):
     """`start`: the step this run starts from; anything logged after it by an earlier, killed run is dropped."""
-    self.enabled = jax.process_index() == 0
+    self.enabled = hosts.is_first()
     self.jsonl = None
     if self.enabled:
       self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1)
@@ -84,7 +85,7 @@ class ProgressBar:
 
   def __init__(self, start: int, total: int):
     self.bar = None
-    if jax.process_index() == 0:
+    if hosts.is_first():
       self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
     self.last = start
 
