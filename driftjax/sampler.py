@@ -120,7 +120,7 @@ def load(
   config: ml_collections.ConfigDict, workdir: str, step: int | None = None, encoder=None, tokenizer=None
 ) -> Sampler:
   """The EMA generator of DIR's newest checkpoint (or `step`); errors name what is missing. Reads only."""
-  ckpt_lib.require_checkpoints(workdir)
+  ckpt_lib.require_checkpoints(workdir)  # restore() checks too; here it fails before the encoder is loaded.
   if encoder is None:
     encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir, write=False)
   spec = train_state.generator_spec(config, encoder, tokenizer)
