@@ -85,6 +85,21 @@ VARIANTS = {
     "drift.teacher_floor": 0.001,
   },
   "data+teacher, 3-gram": {"drift.positives": "data+teacher", "drift.teacher_repeat_ngram": 3},
+  # Continuation positives (issue 14 option 2): the LM's continuations of each sample from its first unlikely
+  # token, whole-sample features like the data's.
+  "continuation": {"drift.positives": "continuation"},
+  "continuation, repair": {"drift.positives": "continuation", "drift.continuation_policy": "repair"},
+  "data+continuation": {"drift.positives": "data+continuation"},
+  "data+continuation, repair": {"drift.positives": "data+continuation", "drift.continuation_policy": "repair"},
+  "data+continuation, top-4, floor 0.05": {
+    "drift.positives": "data+continuation",
+    "drift.teacher_top_k": 4,
+    "drift.teacher_floor": 0.05,
+  },
+  "data+teacher+continuation, 3-gram": {
+    "drift.positives": "data+teacher+continuation",
+    "drift.teacher_repeat_ngram": 3,
+  },
   "data+teacher, 3-gram, queue 64": {
     "drift.positives": "data+teacher",
     "drift.teacher_repeat_ngram": 3,
@@ -132,8 +147,8 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1, queue: int 
     return jax.lax.stop_gradient(step_lib.feature_dict(enc, None, real, cfg)) if cfg.uses_data else None
 
   @jax.jit
-  def step(x, opt, real, queue_ids):
-    loss_fn = lambda x: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, queue_ids)[0]
+  def step(x, opt, real, queue_ids, key):
+    loss_fn = lambda x: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, queue_ids, key)[0]
     grads = jax.grad(loss_fn)(x)
     updates, opt = tx.update(grads, opt)
     ids = step_lib.decoded_ids(x, table, cfg.gen)
@@ -144,10 +159,11 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1, queue: int 
   queue_ids = None
   if queue:
     queue_ids = jnp.tile(step_lib.decoded_ids(x, table, cfg.gen), (-(-queue // n), 1))[:queue]
-  for _ in range(steps):
-    x, opt, queue_ids = step(x, opt, trainer.next_batch(), queue_ids)
-  metrics = jax.jit(lambda x, real, q: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, q)[1])(
-    x, trainer.next_batch(), queue_ids
+  keys = jax.random.split(jax.random.key(5), steps + 1)  # The continuations' sampling.
+  for i in range(steps):
+    x, opt, queue_ids = step(x, opt, trainer.next_batch(), queue_ids, keys[i])
+  metrics = jax.jit(lambda x, real, q, k: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, q, k)[1])(
+    x, trainer.next_batch(), queue_ids, keys[-1]
   )
   return np.asarray(decode.decode_outputs(x, table, cfg.gen)[0]), jax.device_get(metrics)
 
@@ -181,7 +197,7 @@ def main():
   print(f"{args.kind}, {args.steps} steps, {jax.devices()[0].device_kind}, evaluator {evaluator and eval_dir}")
   print(
     "| variant | gen_ppl | eval_ppl | grammatical_rate | distinct_2 | agree | dup_adjacent | head_top_p | "
-    "eff_positives | seconds |\n|---|---|---|---|---|---|---|---|---|---|"
+    "eff_positives | cont_changed | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|"
   )
   first = None
   for name in names:
@@ -197,7 +213,7 @@ def main():
       r = scores(build.corpus(config).heldout_rows(trainer.tokenizer, 64), trainer, evaluator)
       print(
         f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
-        f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | | | |",
+        f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | | | | |",
         flush=True,
       )
     t0 = time.time()
@@ -207,10 +223,11 @@ def main():
       ids, metrics = run_generator(trainer, args.steps)
     r = scores(ids, trainer, evaluator)
     top_p, eff = metrics.get("diag/head_top_p_median", float("nan")), metrics.get("diag/eff_positives", float("nan"))
+    changed = metrics.get("diag/cont_changed", float("nan"))
     print(
       f"| {name} | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
       f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | {top_p:.2f} | {eff:.2f} | "
-      f"{time.time() - t0:.0f} |",
+      f"{changed:.3f} | {time.time() - t0:.0f} |",
       flush=True,
     )
 

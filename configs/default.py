@@ -58,13 +58,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Where the positives come from (issue 14; docs/demo.md "Teacher positives"): "data" (real stories'
   # features, as above), "teacher" (per position, the frozen LM's likely next tokens after the sample's own
   # decoded prefix, weighted by their probabilities, against the other samples' tokens at that position; a
-  # field on token embeddings) or "data+teacher" (the sum of both losses).
+  # field on token embeddings), "continuation" (the LM's continuations of each decoded sample from the first
+  # token it finds unlikely: whole-sample positives near the sample, through the same features as "data"), or
+  # several joined by "+" (the sum of their losses), e.g. "data+teacher", "data+continuation".
   config.drift.positives = "data"
   config.drift.teacher_top_k = 8  # Candidate next tokens per position.
   config.drift.teacher_floor = 0.01  # Candidates below this probability weigh 0.
   config.drift.teacher_repeat_ngram = 0  # > 0: candidates that would repeat an n-gram of the sample weigh 0.
   config.drift.teacher_repeat_window = 0  # > 0: the sample's own previous w tokens are extra negatives.
   config.drift.teacher_weight = 1.0  # Weight of the teacher loss in the sum.
+  config.drift.continuation_samples = 4  # Continuations per generated sample (M): M x n_gen positives.
+  # "continue": the sample's tokens up to the first the LM finds unlikely (not in its top teacher_top_k with
+  # probability >= teacher_floor), then the LM's samples; "repair": each unlikely token replaced, the rest kept.
+  config.drift.continuation_policy = "continue"
+  config.drift.continuation_weight = 1.0  # Weight of the continuation loss in the sum.
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -44,6 +44,9 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     teacher_repeat_ngram=config.drift.get("teacher_repeat_ngram", 0),
     teacher_repeat_window=config.drift.get("teacher_repeat_window", 0),
     teacher_weight=config.drift.get("teacher_weight", 1.0),
+    continuation_samples=config.drift.get("continuation_samples", 4),
+    continuation_policy=config.drift.get("continuation_policy", "continue"),
+    continuation_weight=config.drift.get("continuation_weight", 1.0),
   )
 
 

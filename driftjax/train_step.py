@@ -4,7 +4,8 @@ noise -> generator -> embeddings E; frozen GPT-2 features of E (inputs_embeds) a
 at the configured layers, plus the raw embeddings; poolings; the drift loss summed over feature keys; AdamW
 with warmup + cosine and clipping; EMA of the generator. With drift.positives including "teacher", the frozen
 LM reads the generator's decoded tokens and its likely next tokens are per-position positives
-(driftjax/drift/teacher.py). The real-sample queue (token ids, G x Q x L) lives in the state: positives of
+(driftjax/drift/teacher.py); with "continuation", the LM's continuations of each decoded sample (its tokens up to
+the first one the LM finds unlikely, then the LM's own) are whole-sample positives of a second data-like loss. The real-sample queue (token ids, G x Q x L) lives in the state: positives of
 group g are its fresh real rows plus its queued ones (empty slots weigh 0).
 """
 
@@ -23,10 +24,11 @@ from driftjax.drift import field as field_lib
 from driftjax.drift import losses as losses_lib
 from driftjax.drift import teacher as teacher_lib
 from driftjax.models import generator as gen_lib
+from driftjax.models import gpt2
 
 Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
-POSITIVES = ("data", "teacher", "data+teacher")
+POSITIVE_PARTS = ("data", "teacher", "continuation")  # drift.positives: one or several joined by "+".
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +46,30 @@ class StepConfig:
   poolings: tuple[str, ...]
   ema_decay: float
   # Where positives come from: "data" (real stories' features), "teacher" (the LM's next tokens after each
-  # sample's own prefix, per position) or "data+teacher" (the sum of both losses).
+  # sample's own prefix, per position), "continuation" (the LM's continuations of each sample, whole-sample
+  # features), or several joined by "+" (the sum of their losses).
   positive_source: str = "data"
   teacher_top_k: int = 8
   teacher_floor: float = 0.01
   teacher_repeat_ngram: int = 0
   teacher_repeat_window: int = 0
   teacher_weight: float = 1.0
+  # Continuations: M per sample; "continue" samples every token after the first unlikely one, "repair" keeps
+  # each of the sample's tokens that the LM finds likely (teacher_top_k / teacher_floor say which are).
+  continuation_samples: int = 4
+  continuation_policy: str = "continue"
+  continuation_weight: float = 1.0
 
   def __post_init__(self):
-    if self.positive_source not in POSITIVES:
-      raise ValueError(f"drift.positives={self.positive_source!r}; expected one of {POSITIVES}")
+    parts = self.positive_source.split("+")
+    if not parts or any(p not in POSITIVE_PARTS for p in parts) or len(set(parts)) != len(parts):
+      raise ValueError(
+        f"drift.positives={self.positive_source!r}; expected one or more of {POSITIVE_PARTS} joined by '+'"
+      )
+    if self.continuation_policy not in ("continue", "repair"):
+      raise ValueError(f"drift.continuation_policy={self.continuation_policy!r}; expected continue or repair")
+    if self.uses_continuation and self.continuation_samples < 1:
+      raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
 
   @property
   def uses_data(self) -> bool:
@@ -63,6 +78,10 @@ class StepConfig:
   @property
   def uses_teacher(self) -> bool:
     return "teacher" in self.positive_source.split("+")
+
+  @property
+  def uses_continuation(self) -> bool:
+    return "continuation" in self.positive_source.split("+")
 
   @property
   def positives(self) -> int:
@@ -137,20 +156,49 @@ def decoded_ids(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig) -> A
 
 
 def generated_loss(
-  encoder, out: Array, pos_feats, pos_w: Array | None, cfg: StepConfig, queue_ids: Array | None = None
+  encoder,
+  out: Array,
+  pos_feats,
+  pos_w: Array | None,
+  cfg: StepConfig,
+  queue_ids: Array | None = None,
+  key: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The drift loss of generator outputs out (B, L, V or D) and the metrics to watch.
 
   pos_feats / pos_w: the real positives' pooled features and weights (used when cfg.uses_data);
-  queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss.
+  queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss;
+  key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation).
   """
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
   emb = gen_lib.to_embeddings(out, table, cfg.gen)
   total, metrics = jnp.zeros((), jnp.float32), {}
+  gen_feats = feature_dict(encoder, emb, None, cfg) if cfg.uses_data or cfg.uses_continuation else None
   if cfg.uses_data:
-    total, metrics = losses_lib.drift_losses(
-      feature_dict(encoder, emb, None, cfg), pos_feats, pos_w, cfg.groups, cfg.field
+    total, metrics = losses_lib.drift_losses(gen_feats, pos_feats, pos_w, cfg.groups, cfg.field)
+  if cfg.uses_continuation:
+    if key is None:
+      raise ValueError("continuation positives need a PRNG key")
+    ids = jax.lax.stop_gradient(decoded_ids(out, table, cfg.gen))
+    m = cfg.continuation_samples
+    cont, first = gpt2.continue_samples(
+      encoder,
+      key,
+      jnp.repeat(ids, m, axis=0),  # Each sample's M continuations stay in its group (group-major rows).
+      top_k=cfg.teacher_top_k,
+      floor=cfg.teacher_floor,
+      policy=cfg.continuation_policy,
     )
+    cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
+    c_loss, c_metrics = losses_lib.drift_losses(
+      gen_feats, cont_feats, jnp.ones((cfg.groups, cfg.n_gen * m)), cfg.groups, cfg.field
+    )
+    total = total + cfg.continuation_weight * c_loss
+    metrics.update({f"cont/{k}": v for k, v in c_metrics.items()})
+    metrics["loss/continuation"] = c_loss
+    # How far the samples get before the LM finds a token unlikely, and how much of them it would change.
+    metrics["diag/cont_first_replaced"] = jnp.mean(first.astype(jnp.float32))
+    metrics["diag/cont_changed"] = jnp.mean((cont != jnp.repeat(ids, m, axis=0)).astype(jnp.float32))
   if not cfg.uses_teacher and cfg.gen.head != "vocab":
     # Decoding an embedding head is a nearest-token search over the whole vocabulary ((B, L, V) distances):
     # the data-only step does not pay for it just to report the decoded tokens' diagnostics.
@@ -207,7 +255,7 @@ def train_step(
 
   def loss_fn(params):
     out = nnx.merge(graphdef, params)(noise, style)
-    return generated_loss(encoder, out, pos_feats, pos_w, cfg)
+    return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=jax.random.fold_in(step_key, 1))
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -1,4 +1,5 @@
-"""Teacher positives (driftjax/drift/teacher.py): which tokens become positives, with what weight, and the step."""
+"""Teacher positives (driftjax/drift/teacher.py): which tokens become positives, with what weight, and the step
+(with continuation positives too)."""
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,7 @@ def test_teacher_loss_pulls_each_position_toward_its_own_candidates():
 
 
 def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path):
-  for positives in ("teacher", "data+teacher"):
+  for positives in ("teacher", "data+teacher", "data+continuation"):
     config = tiny_config()
     config.model.head = "vocab"
     config.model.vocab_mode = "straight_through"
@@ -108,10 +109,15 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     finally:
       jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == [], f"{positives}: {len(compiles)} compilations after the first step"
-    for key in ("loss", "grad_norm", "loss/teacher", "diag/dup_adjacent", "diag/eff_positives"):
+    keys = {"teacher": ("loss/teacher", "diag/eff_positives"), "continuation": ("loss/continuation",)}
+    for key in ("loss", "grad_norm", "diag/dup_adjacent") + sum((keys.get(p, ()) for p in positives.split("+")), ()):
       assert np.isfinite(metrics[key]), (positives, key, metrics[key])
     assert metrics["grad_norm"] > 0
-    assert ("loss/raw/flat" in metrics or any(k.startswith("loss/raw") for k in metrics)) == (positives != "teacher")
+    assert any(k.startswith("loss/raw") for k in metrics) == (positives != "teacher")
+    if "continuation" in positives:
+      # The random LM finds most sampled tokens unlikely: the continuations differ from the samples.
+      assert 0 < metrics["diag/cont_changed"] <= 1 and metrics["diag/cont_first_replaced"] >= 0
+      assert any(k.startswith("cont/loss/") for k in metrics)
 
 
 def test_diagnostics_count_duplicates_before_the_end_and_effective_positives():

@@ -238,6 +238,68 @@ def _sample_ar(graphdef, state, key, temperature, *, batch, length, start):
   return tokens.T
 
 
+def continue_samples(
+  model: GPT2,
+  key: Array,
+  ids: Array,
+  *,
+  top_k: int,
+  floor: float,
+  policy: str = "continue",
+  temperature: float = 1.0,
+) -> tuple[Array, Array]:
+  """The LM's continuations of given token rows (B, L), one pass with a KV cache (issue 14, docs/demo.md).
+
+  The LM reads each row after a start token (end-of-text). At position t a row keeps its own token ids[t] when
+  that token is acceptable to the LM after the row's tokens so far (among the LM's top_k next tokens, with
+  probability >= floor); otherwise the LM samples the token there (from its top_k tokens above the floor,
+  renormalized, at `temperature`). policy "continue": after the first replaced position every later token is
+  sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
+  (each position conditioned on the repaired tokens before it). After a row's first end-of-text every token is
+  end-of-text (padding, as in real rows). Call it under jit (the training step does).
+
+  Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was.
+  """
+  if policy not in ("continue", "repair"):
+    raise ValueError(f"policy={policy!r}; expected continue or repair")
+  cfg = model.cfg
+  b, length = ids.shape
+  if length > cfg.n_positions:
+    raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
+  eos = cfg.eos_token_id
+  hd = cfg.n_embd // cfg.n_head
+  caches = [(jnp.zeros((b, length, cfg.n_head, hd), model.dtype),) * 2 for _ in range(cfg.n_layer)]
+  k = min(top_k, cfg.vocab_size)
+
+  def body(carry, inputs):
+    token, caches, diverged, ended = carry
+    pos, own = inputs
+    x = (model.embed(token[:, None]) + model.wpe[...][pos][None, None]).astype(model.dtype)
+    new_caches = []
+    for block, (k_c, v_c) in zip(model.h, caches):
+      x, k_c, v_c = _block_step(block, x, k_c, v_c, pos)
+      new_caches.append((k_c, v_c))
+    logits = (model.ln_f(x)[:, 0] @ model.wte[...].astype(x.dtype).T).astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    top_p, top_ids = jax.lax.top_k(probs, k)
+    ok = top_p >= floor
+    acceptable = jnp.any(ok & (top_ids == own[:, None]), axis=-1)
+    # Sample among the acceptable candidates (the top one when none clears the floor).
+    ok = ok.at[:, 0].set(True)
+    scores = jnp.where(ok, jnp.log(jnp.maximum(top_p, 1e-30)) / temperature, -jnp.inf)
+    pick = jax.random.categorical(jax.random.fold_in(key, pos), scores, axis=-1)
+    sampled = jnp.take_along_axis(top_ids, pick[:, None], -1)[:, 0]
+    keep = acceptable & (~diverged if policy == "continue" else True)
+    nxt = jnp.where(ended, eos, jnp.where(keep, own, sampled)).astype(jnp.int32)
+    replaced = ~keep & ~ended
+    return (nxt, new_caches, diverged | replaced, ended | (nxt == eos)), (nxt, replaced)
+
+  init = (jnp.full((b,), eos, jnp.int32), caches, jnp.zeros((b,), bool), jnp.zeros((b,), bool))
+  _, (tokens, replaced) = jax.lax.scan(body, init, (jnp.arange(length), ids.T.astype(jnp.int32)))
+  first = jnp.where(jnp.any(replaced, 0), jnp.argmax(replaced, 0), length)
+  return tokens.T, first
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading and saving in the Hugging Face layout.
 # --------------------------------------------------------------------------------------------------

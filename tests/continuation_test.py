@@ -1,0 +1,106 @@
+"""Continuation positives (gpt2.continue_samples, issue 14 option 2): which tokens are kept, which the LM replaces.
+
+Each kept or sampled token is checked against the LM's full (uncached) forward on the row's own new prefix, so
+the KV-cached loop is held to the model itself.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from driftjax.models import gpt2
+
+VOCAB, EOS, LENGTH = 24, 23, 10
+
+
+@pytest.fixture(scope="module")
+def lm():
+  cfg = gpt2.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=2, n_head=2, eos_token_id=EOS)
+  model = gpt2.GPT2(cfg, rngs=nnx.Rngs(0))
+  # Peaked next-token distributions, so that top-k and floor both bite; end-of-text rarely likely.
+  model.wte[...] = (model.wte[...] * 10.0).at[EOS].set(0.0)
+  return model
+
+
+def _acceptable(model, prefix_rows, top_k, floor):
+  """(B, L, V) bool: token v is acceptable at t after the row's tokens before t (full forward, no cache)."""
+  lm_in = jnp.concatenate([jnp.full((prefix_rows.shape[0], 1), EOS), prefix_rows[:, :-1]], axis=1)
+  probs = np.asarray(jax.nn.softmax(model(input_ids=lm_in, logits=True)["logits"], -1))
+  kth = -np.sort(-probs, -1)[..., top_k - 1 : top_k]
+  return (probs >= kth) & (probs >= floor), probs
+
+
+def _rows(model, seed=0, n=6):
+  """Rows the LM half agrees with: its own samples among its top 4, with token 4 changed."""
+  ids = jax.random.randint(jax.random.key(seed), (n, LENGTH), 0, EOS)
+  ids = np.array(gpt2.continue_samples(model, jax.random.key(seed + 9), ids, top_k=4, floor=0.0)[0])
+  ids[:, 4] = (ids[:, 4] + 7) % EOS
+  return jnp.asarray(ids)
+
+
+@pytest.mark.parametrize("policy", ["continue", "repair"])
+def test_kept_tokens_are_acceptable_and_replaced_ones_are_not(lm, policy):
+  ids = _rows(lm)
+  out, first = gpt2.continue_samples(lm, jax.random.key(1), ids, top_k=3, floor=0.05, policy=policy)
+  out, first, ids = np.asarray(out), np.asarray(first), np.asarray(ids)
+  ok, _ = _acceptable(lm, jnp.asarray(out), 3, 0.05)
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0  # Positions after the row's first end-of-text.
+  kept = (out == ids) & ~ended
+  n_kept = n_replaced = 0
+  for b in range(len(ids)):
+    for t in range(LENGTH):
+      if ended[b, t]:
+        assert out[b, t] == EOS
+        continue
+      # Whatever stands at t is acceptable after the new prefix (kept tokens by the rule, sampled ones because
+      # they are drawn among the acceptable candidates).
+      assert ok[b, t, out[b, t]], (b, t)
+      if t < first[b]:
+        assert kept[b, t], (b, t)  # Up to the first replacement the row is its own.
+      elif t == first[b]:
+        assert not ok[b, t, ids[b, t]], (b, t)  # The first replaced token was unacceptable there.
+      if policy == "repair" and not kept[b, t]:
+        assert not ok[b, t, ids[b, t]], (b, t)  # Repair replaces only unacceptable tokens.
+      n_kept += kept[b, t]
+      n_replaced += not kept[b, t]
+  assert n_kept > 0 and n_replaced > 0, (n_kept, n_replaced)  # The case exercises both.
+  assert (first < LENGTH).any()
+
+
+def test_repair_keeps_more_of_the_row_than_continue(lm):
+  ids = _rows(lm, seed=3, n=16)
+  outs = {
+    p: np.asarray(gpt2.continue_samples(lm, jax.random.key(2), ids, top_k=3, floor=0.05, policy=p)[0])
+    for p in ("continue", "repair")
+  }
+  kept = {p: np.mean(o == np.asarray(ids)) for p, o in outs.items()}
+  assert kept["repair"] > kept["continue"], kept
+
+
+def test_everything_acceptable_keeps_the_row_and_nothing_acceptable_replaces_all(lm):
+  ids = _rows(lm, seed=4)
+  out, first = gpt2.continue_samples(lm, jax.random.key(0), ids, top_k=VOCAB, floor=0.0)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ids))
+  np.testing.assert_array_equal(np.asarray(first), LENGTH)
+  out, first = gpt2.continue_samples(lm, jax.random.key(0), ids, top_k=3, floor=1.5)
+  np.testing.assert_array_equal(np.asarray(first), 0)
+  # Nothing clears the floor: the LM's top token is taken (greedy), so the rows equal its greedy decoding.
+  out = np.asarray(out)
+  _, probs = _acceptable(lm, jnp.asarray(out), 3, 0.0)
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0
+  np.testing.assert_array_equal(np.where(ended, EOS, probs.argmax(-1)), out)
+
+
+def test_rows_end_at_their_first_end_of_text(lm):
+  ids = np.array(_rows(lm, seed=5))
+  ids[:, 4] = EOS
+  out, _ = gpt2.continue_samples(lm, jax.random.key(0), jnp.asarray(ids), top_k=VOCAB, floor=0.0, policy="repair")
+  np.testing.assert_array_equal(np.asarray(out)[:, 5:], EOS)
+  np.testing.assert_array_equal(np.asarray(out)[:, :5], ids[:, :5])
+
+
+def test_bad_policy_is_an_error(lm):
+  with pytest.raises(ValueError, match="policy"):
+    gpt2.continue_samples(lm, jax.random.key(0), _rows(lm), top_k=3, floor=0.0, policy="resample")
