@@ -91,6 +91,18 @@ VARIANTS = {
   "continuation, repair": {"drift.positives": "continuation", "drift.continuation_policy": "repair"},
   "data+continuation": {"drift.positives": "data+continuation"},
   "data+continuation, repair": {"drift.positives": "data+continuation", "drift.continuation_policy": "repair"},
+  "continuation, resample": {"drift.positives": "continuation", "drift.continuation_policy": "resample"},
+  "data+continuation, resample": {"drift.positives": "data+continuation", "drift.continuation_policy": "resample"},
+  "data+continuation, resample, 3-gram": {
+    "drift.positives": "data+continuation",
+    "drift.continuation_policy": "resample",
+    "drift.teacher_repeat_ngram": 3,
+  },
+  "data+teacher+continuation, resample, 3-gram": {
+    "drift.positives": "data+teacher+continuation",
+    "drift.continuation_policy": "resample",
+    "drift.teacher_repeat_ngram": 3,
+  },
   "data+continuation, top-4, floor 0.05": {
     "drift.positives": "data+continuation",
     "drift.teacher_top_k": 4,

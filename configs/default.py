@@ -69,7 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.teacher_weight = 1.0  # Weight of the teacher loss in the sum.
   config.drift.continuation_samples = 4  # Continuations per generated sample (M): M x n_gen positives.
   # "continue": the sample's tokens up to the first the LM finds unlikely (not in its top teacher_top_k with
-  # probability >= teacher_floor), then the LM's samples; "repair": each unlikely token replaced, the rest kept.
+  # probability >= teacher_floor), then the LM's samples; "repair": each unlikely token replaced, the rest kept
+  # (both a sequential, KV-cached pass of the LM); "resample": "repair" in one parallel pass, each position
+  # conditioned on the sample's own tokens before it (faster; later tokens do not see earlier repairs).
   config.drift.continuation_policy = "continue"
   config.drift.continuation_weight = 1.0  # Weight of the continuation loss in the sum.
 

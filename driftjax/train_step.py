@@ -29,6 +29,7 @@ from driftjax.models import gpt2
 Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
 POSITIVE_PARTS = ("data", "teacher", "continuation")  # drift.positives: one or several joined by "+".
+CONTINUATION_POLICIES = ("continue", "repair", "resample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,8 @@ class StepConfig:
   teacher_repeat_window: int = 0
   teacher_weight: float = 1.0
   # Continuations: M per sample; "continue" samples every token after the first unlikely one, "repair" keeps
-  # each of the sample's tokens that the LM finds likely (teacher_top_k / teacher_floor say which are).
+  # each of the sample's tokens that the LM finds likely (teacher_top_k / teacher_floor say which are), both
+  # sequentially (KV-cached); "resample" replaces each unlikely token given the sample's own prefix (one pass).
   continuation_samples: int = 4
   continuation_policy: str = "continue"
   continuation_weight: float = 1.0
@@ -66,8 +68,10 @@ class StepConfig:
       raise ValueError(
         f"drift.positives={self.positive_source!r}; expected one or more of {POSITIVE_PARTS} joined by '+'"
       )
-    if self.continuation_policy not in ("continue", "repair"):
-      raise ValueError(f"drift.continuation_policy={self.continuation_policy!r}; expected continue or repair")
+    if self.continuation_policy not in CONTINUATION_POLICIES:
+      raise ValueError(
+        f"drift.continuation_policy={self.continuation_policy!r}; expected one of {CONTINUATION_POLICIES}"
+      )
     if self.uses_continuation and self.continuation_samples < 1:
       raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
 
@@ -176,37 +180,15 @@ def generated_loss(
   gen_feats = feature_dict(encoder, emb, None, cfg) if cfg.uses_data or cfg.uses_continuation else None
   if cfg.uses_data:
     total, metrics = losses_lib.drift_losses(gen_feats, pos_feats, pos_w, cfg.groups, cfg.field)
-  if cfg.uses_continuation:
-    if key is None:
-      raise ValueError("continuation positives need a PRNG key")
-    ids = jax.lax.stop_gradient(decoded_ids(out, table, cfg.gen))
-    m = cfg.continuation_samples
-    cont, first = gpt2.continue_samples(
-      encoder,
-      key,
-      jnp.repeat(ids, m, axis=0),  # Each sample's M continuations stay in its group (group-major rows).
-      top_k=cfg.teacher_top_k,
-      floor=cfg.teacher_floor,
-      policy=cfg.continuation_policy,
-    )
-    cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
-    c_loss, c_metrics = losses_lib.drift_losses(
-      gen_feats, cont_feats, jnp.ones((cfg.groups, cfg.n_gen * m)), cfg.groups, cfg.field
-    )
-    total = total + cfg.continuation_weight * c_loss
-    metrics.update({f"cont/{k}": v for k, v in c_metrics.items()})
-    metrics["loss/continuation"] = c_loss
-    # How far the samples get before the LM finds a token unlikely, and how much of them it would change.
-    metrics["diag/cont_first_replaced"] = jnp.mean(first.astype(jnp.float32))
-    metrics["diag/cont_changed"] = jnp.mean((cont != jnp.repeat(ids, m, axis=0)).astype(jnp.float32))
-  if not cfg.uses_teacher and cfg.gen.head != "vocab":
+  if not (cfg.uses_teacher or cfg.uses_continuation) and cfg.gen.head != "vocab":
     # Decoding an embedding head is a nearest-token search over the whole vocabulary ((B, L, V) distances):
     # the data-only step does not pay for it just to report the decoded tokens' diagnostics.
     return total, metrics
   ids = jax.lax.stop_gradient(decoded_ids(out, table, cfg.gen))
-  weights = None
-  if cfg.uses_teacher:
-    eos = encoder.cfg.eos_token_id
+  eos = encoder.cfg.eos_token_id
+  cand = weights = None
+  if cfg.uses_teacher or (cfg.uses_continuation and cfg.continuation_policy == "resample"):
+    # The LM's likely next tokens after each sample's own prefix (one pass, teacher-forced).
     lm_in = jnp.concatenate([jnp.full((ids.shape[0], 1), eos, jnp.int32), ids[:, :-1]], axis=1)
     logits = jax.lax.stop_gradient(encoder(input_ids=lm_in, logits=True)["logits"][..., : cfg.gen.vocab_size])
     cand, weights = teacher_lib.next_token_candidates(
@@ -217,13 +199,39 @@ def generated_loss(
       repeat_ngram=cfg.teacher_repeat_ngram,
       eos_id=eos,
     )
+  if cfg.uses_continuation:
+    if key is None:
+      raise ValueError("continuation positives need a PRNG key")
+    m = cfg.continuation_samples
+    own = jnp.repeat(ids, m, axis=0)  # Each sample's M positives stay in its group (group-major rows).
+    if cfg.continuation_policy == "resample":
+      cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
+    else:
+      cont, _ = gpt2.continue_samples(
+        encoder, key, own, top_k=cfg.teacher_top_k, floor=cfg.teacher_floor, policy=cfg.continuation_policy
+      )
+    cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
+    c_loss, c_metrics = losses_lib.drift_losses(
+      gen_feats, cont_feats, jnp.ones((cfg.groups, cfg.n_gen * m)), cfg.groups, cfg.field
+    )
+    total = total + cfg.continuation_weight * c_loss
+    metrics.update({f"cont/{k}": v for k, v in c_metrics.items()})
+    metrics["loss/continuation"] = c_loss
+    # How much of the samples the LM would change: the share of tokens, and the first changed position.
+    changed = cont != own
+    metrics["diag/cont_changed"] = jnp.mean(changed.astype(jnp.float32))
+    first = jnp.where(jnp.any(changed, 1), jnp.argmax(changed, 1), ids.shape[1])
+    metrics["diag/cont_first_changed"] = jnp.mean(first.astype(jnp.float32))
+  if cfg.uses_teacher:
     t_loss, aux = teacher_lib.teacher_loss(
       emb, ids, cand, weights, table, config=cfg.field, queue_ids=queue_ids, repeat_window=cfg.teacher_repeat_window
     )
     total = total + cfg.teacher_weight * t_loss
     metrics.update({"loss/teacher": t_loss, "scale/teacher": aux["scale"]})
   head_logits = out if cfg.gen.head == "vocab" else None
-  metrics.update(teacher_lib.diagnostics(ids, cfg.gen.vocab_size, head_logits, weights, encoder.cfg.eos_token_id))
+  metrics.update(
+    teacher_lib.diagnostics(ids, cfg.gen.vocab_size, head_logits, weights if cfg.uses_teacher else None, eos)
+  )
   return total, metrics
 
 

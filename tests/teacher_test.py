@@ -86,11 +86,17 @@ def test_teacher_loss_pulls_each_position_toward_its_own_candidates():
 
 
 def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path):
-  for positives in ("teacher", "data+teacher", "data+continuation"):
+  # Each part of drift.positives at least once, both kinds of continuation (sequential and one-pass).
+  for positives, policy in (
+    ("teacher", ""),
+    ("data+continuation", "continue"),
+    ("data+teacher+continuation", "resample"),
+  ):
     config = tiny_config()
     config.model.head = "vocab"
     config.model.vocab_mode = "straight_through"
     config.drift.positives = positives
+    config.drift.continuation_policy = policy or "continue"
     config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
     config.drift.teacher_repeat_ngram = 2
     config.drift.teacher_repeat_window = 2
@@ -113,11 +119,38 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     for key in ("loss", "grad_norm", "diag/dup_adjacent") + sum((keys.get(p, ()) for p in positives.split("+")), ()):
       assert np.isfinite(metrics[key]), (positives, key, metrics[key])
     assert metrics["grad_norm"] > 0
-    assert any(k.startswith("loss/raw") for k in metrics) == (positives != "teacher")
+    assert any(k.startswith("loss/raw") for k in metrics) == ("data" in positives)
     if "continuation" in positives:
       # The random LM finds most sampled tokens unlikely: the continuations differ from the samples.
-      assert 0 < metrics["diag/cont_changed"] <= 1 and metrics["diag/cont_first_replaced"] >= 0
+      assert 0 < metrics["diag/cont_changed"] <= 1 and metrics["diag/cont_first_changed"] >= 0
       assert any(k.startswith("cont/loss/") for k in metrics)
+
+
+def test_resample_keeps_likely_tokens_and_draws_the_others_by_weight():
+  ids = jnp.array([[3, 7, 5, 9]])
+  # Position 0: 3 is a candidate (kept). 1: 7 is a candidate of weight 0 (masked, so unlikely): drawn from
+  # {2: 0.75, 4: 0.25}. 2: 5 is no candidate: drawn from {6: 1}. 3: nothing weighs > 0: the top candidate, 8.
+  cand = jnp.array([[[3, 1, 0], [2, 4, 7], [6, 1, 0], [8, 1, 2]]])
+  w = jnp.array([[[0.6, 0.3, 0.0], [0.75, 0.25, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+  m = 4000
+  rows, likely = teacher.resample_unlikely(jax.random.key(0), ids, cand, w, m)
+  rows = np.asarray(rows)
+  assert rows.shape == (m, 4)
+  np.testing.assert_array_equal(np.asarray(likely), [[True, False, False, False]])
+  np.testing.assert_array_equal(rows[:, 0], 3)
+  assert set(np.unique(rows[:, 1])) == {2, 4}
+  np.testing.assert_allclose(np.mean(rows[:, 1] == 2), 0.75, atol=0.03)
+  np.testing.assert_array_equal(rows[:, 2], 6)
+  np.testing.assert_array_equal(rows[:, 3], 8)
+  # Copies are sample-major: rows b*M .. b*M+M-1 belong to sample b.
+  two, _ = teacher.resample_unlikely(
+    jax.random.key(1),
+    jnp.array([[3, 7], [3, 7]]),
+    cand[:, :2].repeat(2, 0),
+    w[:, :2].repeat(2, 0).at[1, 1, 2].set(1.0),
+    3,
+  )
+  np.testing.assert_array_equal(np.asarray(two)[3:, 1], 7)  # Sample 1's 7 has weight there: kept in its copies.
 
 
 def test_diagnostics_count_duplicates_before_the_end_and_effective_positives():

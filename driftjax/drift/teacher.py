@@ -93,6 +93,25 @@ def next_token_candidates(
   return cand, w
 
 
+def resample_unlikely(key: Array, ids: Array, cand: Array, weights: Array, m: int) -> tuple[Array, Array]:
+  """M copies of each sample with every token the LM finds unlikely replaced by one of its candidates.
+
+  ids (B, L); cand, weights (B, L, K) from next_token_candidates (a token is likely at t when it is a candidate
+  there with weight > 0). Each unlikely token is replaced by a candidate drawn with probability proportional to
+  the weights (the top candidate when all weigh 0), independently in each copy; every position is conditioned
+  on the sample's own tokens before it (one LM pass, no loop: gpt2.continue_samples(policy="repair") is the
+  sequential version). Returns rows (B * M, L), sample-major (copies of sample b are rows b*M .. b*M+M-1), and
+  the likely mask (B, L).
+  """
+  likely = jnp.any((cand == ids[..., None]) & (weights > 0), axis=-1)
+  w = jnp.where(jnp.sum(weights, -1, keepdims=True) > 0, weights, jnp.zeros_like(weights).at[..., 0].set(1.0))
+  logw = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-30)), -jnp.inf)
+  pick = jax.random.categorical(key, logw, axis=-1, shape=(m,) + ids.shape)  # (M, B, L)
+  drawn = jnp.take_along_axis(cand[None], pick[..., None], axis=-1)[..., 0]
+  rows = jnp.where(likely[None], ids[None], drawn)  # (M, B, L)
+  return jnp.swapaxes(rows, 0, 1).reshape(-1, ids.shape[1]), likely
+
+
 def teacher_groups(
   emb: Array,
   ids: Array,
