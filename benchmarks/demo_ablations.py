@@ -98,6 +98,12 @@ VARIANTS = {
     "drift.continuation_policy": "resample",
     "drift.teacher_repeat_ngram": 3,
   },
+  "data+continuation, resample, own": {
+    "drift.positives": "data+continuation",
+    "drift.continuation_policy": "resample",
+    "drift.continuation_kernel": "own",
+  },
+  "data+continuation, own": {"drift.positives": "data+continuation", "drift.continuation_kernel": "own"},
   "data+teacher+continuation, resample, 3-gram": {
     "drift.positives": "data+teacher+continuation",
     "drift.continuation_policy": "resample",

@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   # conditioned on the sample's own tokens before it (faster; later tokens do not see earlier repairs).
   config.drift.continuation_policy = "continue"
   config.drift.continuation_weight = 1.0  # Weight of the continuation loss in the sum.
+  # "batch": all the group's continuations are positives of each sample (the data loss's kernel); "own": each
+  # sample is drawn only to its own M continuations and repelled by the group's other samples.
+  config.drift.continuation_kernel = "batch"
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -61,6 +61,9 @@ class StepConfig:
   continuation_samples: int = 4
   continuation_policy: str = "continue"
   continuation_weight: float = 1.0
+  # "batch": the group's continuations are positives of every sample in it (the data loss's kernel); "own": each
+  # sample's field reaches only its own continuations, the group's other samples repel it.
+  continuation_kernel: str = "batch"
 
   def __post_init__(self):
     parts = self.positive_source.split("+")
@@ -72,6 +75,8 @@ class StepConfig:
       raise ValueError(
         f"drift.continuation_policy={self.continuation_policy!r}; expected one of {CONTINUATION_POLICIES}"
       )
+    if self.continuation_kernel not in ("batch", "own"):
+      raise ValueError(f"drift.continuation_kernel={self.continuation_kernel!r}; expected batch or own")
     if self.uses_continuation and self.continuation_samples < 1:
       raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
 
@@ -211,9 +216,12 @@ def generated_loss(
         encoder, key, own, top_k=cfg.teacher_top_k, floor=cfg.teacher_floor, policy=cfg.continuation_policy
       )
     cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
-    c_loss, c_metrics = losses_lib.drift_losses(
-      gen_feats, cont_feats, jnp.ones((cfg.groups, cfg.n_gen * m)), cfg.groups, cfg.field
-    )
+    if cfg.continuation_kernel == "own":
+      c_loss, c_metrics = losses_lib.own_positive_losses(gen_feats, cont_feats, cfg.groups, cfg.field)
+    else:
+      c_loss, c_metrics = losses_lib.drift_losses(
+        gen_feats, cont_feats, jnp.ones((cfg.groups, cfg.n_gen * m)), cfg.groups, cfg.field
+      )
     total = total + cfg.continuation_weight * c_loss
     metrics.update({f"cont/{k}": v for k, v in c_metrics.items()})
     metrics["loss/continuation"] = c_loss

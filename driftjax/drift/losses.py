@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import jax
@@ -50,4 +51,36 @@ def drift_losses(
       metrics[f"scale/{name}"] = scales[i]
       for j, t in enumerate(config.temperatures):
         metrics[f"raw_drift_norm/{name}/T{t:g}"] = norms[i, j]
+  return total, metrics
+
+
+def own_positive_losses(
+  gen_feats: Mapping[str, Array],
+  pos_feats: Mapping[str, Array],
+  groups: int,
+  config: field_lib.FieldConfig,
+) -> tuple[Array, dict[str, Array]]:
+  """Like drift_losses, but each generated sample has positives of its own (continuations of it, say).
+
+  gen_feats {key: (B, P, C)} with B = G * N, group-major; pos_feats {key: (B * M, P, C)}, sample-major (rows
+  b*M .. b*M+M-1 are sample b's). One field per (sample, pooled index): the sample's own M positives attract;
+  the other samples of its group (at the same pooled index) repel. Each key keeps its own scale.
+  """
+  cfg = dataclasses.replace(config, include_generated_negatives=False)
+  total, metrics = 0.0, {}
+  for name, x in gen_feats.items():
+    b, p, c = x.shape
+    n = b // groups
+    xs = feat_lib.to_groups(x, b)  # (B * P, 1, C)
+    ys = feat_lib.to_groups(pos_feats[name], b)  # (B * P, M, C)
+    # Negatives of (sample i of group g, index p): group g's samples at p, i's own column weighing 0.
+    peers = x.reshape(groups, 1, n, p, c).transpose(0, 1, 3, 2, 4)  # (G, 1, P, N, C)
+    neg = jnp.broadcast_to(peers, (groups, n, p, n, c)).reshape(b * p, n, c)
+    neg_w = jnp.broadcast_to((1.0 - jnp.eye(n))[None, :, None, :], (groups, n, p, n)).reshape(b * p, n)
+    loss, aux = field_lib.drift_loss(xs, ys, neg, neg_weights=neg_w, config=cfg)
+    total = total + loss
+    metrics[f"loss/{name}"] = loss
+    metrics[f"scale/{name}"] = aux["scale"]
+    for j, t in enumerate(config.temperatures):
+      metrics[f"raw_drift_norm/{name}/T{t:g}"] = aux["raw_drift_norm"][j]
   return total, metrics
