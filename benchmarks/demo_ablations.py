@@ -104,6 +104,21 @@ VARIANTS = {
     "drift.continuation_kernel": "own",
   },
   "data+continuation, own": {"drift.positives": "data+continuation", "drift.continuation_kernel": "own"},
+  "continuation, repair, own": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+  },
+  "data+continuation, repair, own": {
+    "drift.positives": "data+continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+  },
+  "continuation, repair, M=1": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_samples": 1,
+  },
   "data+teacher+continuation, resample, 3-gram": {
     "drift.positives": "data+teacher+continuation",
     "drift.continuation_policy": "resample",
@@ -208,6 +223,7 @@ def main():
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--only", default="", help="variant names separated by ; (default: all)")
   parser.add_argument("--evaluator", default="", help="the independent evaluator LM (default: DIR/evaluator)")
+  parser.add_argument("--show", type=int, default=0, help="print this many samples after each variant's row")
   args = parser.parse_args()
   names = [n for n in VARIANTS if not args.only or n in args.only.split(";")]
   eval_dir = args.evaluator or os.path.join(args.workdir, "evaluator")
@@ -248,6 +264,8 @@ def main():
       f"{changed:.3f} | {time.time() - t0:.0f} |",
       flush=True,
     )
+    for row in decode.truncate_at_eos(ids[: args.show], trainer.tokenizer.eos_token_id):
+      print(f"    {trainer.tokenizer.decode(row)!r}", flush=True)
 
 
 if __name__ == "__main__":

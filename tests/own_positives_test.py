@@ -3,7 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from train_test import tiny_config
 
+from driftjax import train_state
 from driftjax.drift import field as field_lib
 from driftjax.drift import losses
 
@@ -37,3 +40,20 @@ def test_groups_and_metrics_per_key():
   pos = jax.random.normal(jax.random.key(1), (8, 3, 8))  # M = 2 per sample.
   loss, metrics = losses.own_positive_losses({"a": x, "b": 2 * x}, {"a": pos, "b": 2 * pos}, 2, field_lib.FieldConfig())
   assert np.isfinite(loss) and set(metrics) >= {"loss/a", "loss/b", "scale/a", "raw_drift_norm/a/T0.02"}
+
+
+def test_positive_settings_are_checked():
+  ok = tiny_config()
+  ok.drift.positives = "data+teacher+continuation"
+  assert train_state.step_config(ok, 64, 100).uses_continuation
+  for key, value, match in (
+    ("positives", "data+data", "positives"),
+    ("positives", "data+queue", "positives"),
+    ("continuation_policy", "greedy", "continuation_policy"),
+    ("continuation_kernel", "pooled", "continuation_kernel"),
+  ):
+    config = tiny_config()
+    config.drift.positives = "data+continuation"
+    config.drift[key] = value
+    with pytest.raises(ValueError, match=match):
+      train_state.step_config(config, 64, 100)
