@@ -47,6 +47,7 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     continuation_samples=config.drift.get("continuation_samples", 4),
     continuation_policy=config.drift.get("continuation_policy", "continue"),
     continuation_weight=config.drift.get("continuation_weight", 1.0),
+    chunk=config.train.get("chunk", 0),
   )
 
 
