@@ -12,8 +12,8 @@ median over runs of each figure (a run's step time is itself the median of --ste
 step times. --remat=on sets model.remat and encoder.remat (both: one row each way); --chunk=N sets train.chunk
 (the step in chunks of N rows: the default config at 64 + 64 needs it on a 24 GiB machine); --seq_lens runs each
 config at these model.seq_len (generator and encoder sizes fixed). A row's config column names the variant
-(default, default-remat, default-chunk8, ...); column 3 is step_s (the side-by-side script with the earlier port reads it
-from the last "default |" row). field_s is the field alone (forward + backward of every key's drift loss, on
+(default, default-remat, default-chunk8, ...); column 3 is step_s (the side-by-side script with the earlier port
+reads it from the last "default |" row). field_s is the field alone (forward + backward of every key's drift loss, on
 random features of the step's shapes, jitted and timed after the steps), field_share its share of step_s.
 MFU counts XLA's FLOPs of the step without chunking (compiled, not run: XLA counts a loop's body once, so the
 chunked step's own count is not its work). Prints the table, then the default config's MFU last.
