@@ -1,7 +1,7 @@
 """Train-step speed, FLOP/s, MFU and peak memory for the smoke, demo and default configs, in one run.
 
     .venv/bin/python benchmarks/train_step.py [--configs=smoke,default] [--steps=5] [--default_batch=8] [--runs=3]
-        [--remat=off|on|both]
+        [--remat=off|on|both] [--chunk=0] [--seq_lens=256,512,1024]
 
 Each config runs in its own subprocess (so that its peak resident memory is its own), with a random GPT-2 of
 the config's architecture as the encoder (no weights needed; the compute is the same). The default config runs
@@ -9,11 +9,20 @@ at a reduced batch (groups=1, n_gen=n_pos=--default_batch) so that it fits this 
 XLA's cost analysis of the compiled step; the peak is a large float32 (and bfloat16) matmul measured in the same
 run. Each config is measured in --runs separate processes (the peaks --runs times too); the table holds the
 median over runs of each figure (a run's step time is itself the median of --steps steps) and the range of the
-step times. --remat=on sets model.remat and encoder.remat (both: one row each way). Prints the table, then the
-default config's MFU last. measure_config() is shared with benchmarks/device_check.py.
+step times. --remat=on sets model.remat and encoder.remat (both: one row each way); --chunk=N sets train.chunk
+(the step in chunks of N rows: the default config at 64 + 64 needs it on a 24 GiB machine); --seq_lens runs each
+config at these model.seq_len (generator and encoder sizes fixed). A row's config column names the variant
+(default, default-remat, default-chunk8, ...); column 3 is step_s (the side-by-side script with the earlier port
+reads it from the last "default |" row). field_s is the field alone (forward + backward of every key's drift loss, on
+random features of the step's shapes, jitted and timed after the steps), field_share its share of step_s.
+MFU counts XLA's FLOPs of the step without chunking (compiled, not run: XLA counts a loop's body once, so the
+chunked step's own count is not its work). Prints the table, then the default config's MFU last.
+measure_config() is shared with benchmarks/device_check.py.
 """
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import resource
@@ -45,9 +54,12 @@ def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
   return 2 * n**3 / sorted(times)[len(times) // 2]
 
 
-def config_for(name: str, default_batch: int, remat: bool = False):
+def config_for(name: str, default_batch: int, remat: bool = False, chunk: int = 0, seq_len: int = 0):
   config = common.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
   config.model.remat = config.encoder.remat = remat
+  config.train.chunk = chunk
+  if seq_len:
+    config.model.seq_len = seq_len
   if name == "default":
     config.encoder.random.enabled = True  # configs/default.py's random encoder has GPT-2 small's shape.
     config.data.source = "tinystories_sample"
@@ -58,19 +70,65 @@ def config_for(name: str, default_batch: int, remat: bool = False):
   return config
 
 
-def measure(name: str, steps: int, default_batch: int, remat: bool) -> dict:
-  """Runs in the child process: the measure_config of config `name`."""
-  return {"config": name, **measure_config(config_for(name, default_batch, remat), steps)}
+def measure(name: str, steps: int, default_batch: int, remat: bool, chunk: int, seq_len: int) -> dict:
+  """Runs in the child process: the measure_config of config `name`, labelled with its variant."""
+  label = name + ("-remat" if remat else "") + (f"-chunk{chunk}" if chunk else "")
+  config = config_for(name, default_batch, remat, chunk, seq_len)
+  return {"config": label, **measure_config(config, steps, field=True)}
 
 
-def measure_config(config, steps: int) -> dict:
-  """Compile the train step, time `steps` steps after one warm-up, read the cost analysis and peak memory.
+def unchunked_flops(trainer, state, batch) -> float:
+  """XLA's FLOPs of the trainer's step with train.chunk off (compiled only; it need not fit in memory to run)."""
+  import jax
+  from flax import nnx
+
+  from driftjax import train_step as step_lib
+
+  spec = trainer.spec
+  step = functools.partial(
+    step_lib.train_step,
+    graphdef=spec.graphdef,
+    enc_graphdef=nnx.split(trainer.encoder)[0],
+    cfg=dataclasses.replace(spec.cfg, chunk=0),
+    tx=spec.tx,
+    schedule=spec.schedule,
+  )
+  cost = jax.jit(step).lower(state, batch, trainer.enc_state).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", 0.0))
+
+
+def field_seconds(trainer, batch, reps: int = 3) -> float:
+  """Median time of the field alone (forward + backward of drift_losses) on random features of the step's shapes."""
+  import jax
+  import jax.numpy as jnp
+
+  from driftjax import train_step as step_lib
+  from driftjax.drift import losses as losses_lib
+
+  c, enc = trainer.cfg, trainer.encoder
+  length = batch.shape[1]
+
+  def features(rows, seed):
+    shapes = jax.eval_shape(lambda: step_lib.feature_dict(enc, None, jnp.zeros((rows, length), jnp.int32), c))
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    return {k: jax.random.normal(key, s.shape, s.dtype) for key, (k, s) in zip(keys, shapes.items())}
+
+  gen, pos = features(c.groups * c.n_gen, 0), features(c.groups * c.positives, 1)
+  w = jnp.ones((c.groups, c.positives))
+  fn = jax.jit(jax.value_and_grad(lambda g: losses_lib.drift_losses(g, pos, w, c.groups, c.field)[0]))
+  return common.timed(fn, gen, reps=reps)
+
+
+def measure_config(config, steps: int, field: bool = False) -> dict:
+  """Compile the train step, time `steps` steps after one warm-up, read the cost analysis and peak memory;
+  with `field`, also time the field alone on the step's feature shapes (field_seconds).
 
   Call it in a fresh process per config: the peaks (resident memory, device memory where the device reports
   it) are the process's own since it started.
   """
   import jax
   import numpy as np
+
   from driftjax import train
 
   with tempfile.TemporaryDirectory() as workdir:
@@ -86,6 +144,9 @@ def measure_config(config, steps: int) -> dict:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0))
     fused_attention = compiled.as_text().count("cudnn$fmha")  # cuDNN attention calls (XLA counts no FLOPs there).
+    temp_gib = getattr(compiled.memory_analysis(), "temp_size_in_bytes", float("nan")) / 2**30
+    if trainer.cfg.chunk:
+      flops = unchunked_flops(trainer, state, batch)
     state, metrics = compiled(state, batch, trainer.enc_state)  # Warm-up.
     jax.block_until_ready(metrics)
     times = []
@@ -96,11 +157,11 @@ def measure_config(config, steps: int) -> dict:
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
+    field_s = field_seconds(trainer, batch) if field else float("nan")
     c = trainer.cfg
     tokens = c.groups * c.n_gen * config.model.seq_len
     stats = jax.devices()[0].memory_stats() or {}  # None on CPU.
     return {
-      "remat": "on" if config.model.remat else "off",
       "batch": f"{c.groups}x({c.n_gen}+{c.n_pos}+q{c.queue_size})",
       "seq_len": config.model.seq_len,
       "step_s": step_s,
@@ -108,7 +169,10 @@ def measure_config(config, steps: int) -> dict:
       "gen_tokens_per_s": tokens / step_s,
       "xla_flops": flops,
       "flops_per_s": flops / step_s,
+      "field_s": field_s,
+      "field_share": field_s / step_s,
       "compile_s": compile_s,
+      "xla_temp_gib": temp_gib,
       "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
       "peak_device_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
       "fused_attention_calls": fused_attention,
@@ -122,10 +186,13 @@ def main():
   parser.add_argument("--default_batch", type=int, default=8)
   parser.add_argument("--runs", type=int, default=3, help="processes per config; figures are their medians")
   parser.add_argument("--remat", default="off", choices=("off", "on", "both"))
+  parser.add_argument("--chunk", type=int, default=0, help="train.chunk: rows per chunk of the step (0: off)")
+  parser.add_argument("--seq_lens", default="", help="comma-separated model.seq_len values (default: the config's)")
   parser.add_argument("--child", default="")
   args = parser.parse_args()
   if args.child:
-    print("RESULT" + json.dumps(measure(args.child, args.steps, args.default_batch, args.remat == "on")))
+    child = measure(args.child, args.steps, args.default_batch, args.remat == "on", args.chunk, int(args.seq_lens or 0))
+    print("RESULT" + json.dumps(child))
     return
   import jax
   import numpy as np
@@ -140,7 +207,8 @@ def main():
   )
   rows = []
   remats = ("off", "on") if args.remat == "both" else (args.remat,)
-  for name, remat in ((n, r) for n in args.configs.split(",") for r in remats):
+  seq_lens = [int(n) for n in args.seq_lens.split(",")] if args.seq_lens else [0]
+  for name, remat, seq_len in ((n, r, s) for n in args.configs.split(",") for r in remats for s in seq_lens):
     if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
       print(f"skip {name}: no configs/{name}.py")
       continue
@@ -154,13 +222,17 @@ def main():
           f"--steps={args.steps}",
           f"--default_batch={args.default_batch}",
           f"--remat={remat}",
+          f"--chunk={args.chunk}",
+          f"--seq_lens={seq_len or ''}",
         ],
         capture_output=True,
         text=True,
         cwd=ROOT,
       )
       if proc.returncode:
-        print(f"{name} (remat {remat}) failed:\n{proc.stderr[-2000:]}")
+        print(
+          f"{name} (remat {remat}, chunk {args.chunk}, seq_len {seq_len or 'default'}) failed:\n{proc.stderr[-2000:]}"
+        )
         break
       runs.append(json.loads(proc.stdout.split("RESULT")[-1]))
     if len(runs) < args.runs:
@@ -169,9 +241,8 @@ def main():
     row["mfu_f32"] = row["flops_per_s"] / peak32
     row["step_s_range"] = f"{min(r['step_s'] for r in runs):.4g}-{max(r['step_s'] for r in runs):.4g}"
     rows.append(row)
-  header = (
+  header = (  # Column 3 must stay step_s (see the docstring).
     "config",
-    "remat",
     "batch",
     "seq_len",
     "step_s",
@@ -180,15 +251,20 @@ def main():
     "gen_tokens_per_s",
     "flops_per_s",
     "mfu_f32",
+    "field_s",
+    "field_share",
     "compile_s",
+    "xla_temp_gib",
     "peak_rss_gib",
   )
   print(" | ".join(header))
   for r in rows:
     print(" | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in header))
   for r in rows:
-    if r["config"] == "default":
-      print(f"default config (remat {r['remat']}) MFU (float32 matmul peak): {r['mfu_f32']:.1%}")
+    if r["config"].startswith("default"):
+      print(
+        f"{r['config']} config ({r['batch']}, seq_len {r['seq_len']}) MFU (float32 matmul peak): {r['mfu_f32']:.1%}"
+      )
 
 
 if __name__ == "__main__":

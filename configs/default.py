@@ -106,6 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.num_devices = 0  # 0: every device; the mesh has one "data" axis.
   config.train.fsdp = False  # Shard generator params and optimizer state over "data" (large generators).
+  # > 0: features and gradients in chunks of this many rows (it must divide the generated and the positive rows
+  # per step): the activations of a chunk alive at a time instead of the batch's, for one more forward pass of the
+  # generated rows; the same loss and gradients. drift.positives="data" and model.head="embedding" only. 0: off.
+  config.train.chunk = 0
   config.train.log_every = 50  # Metrics every N steps (read one step late).
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3

@@ -64,6 +64,8 @@ class StepConfig:
   # "batch": the group's continuations are positives of every sample in it (the data loss's kernel); "own": each
   # sample's field reaches only its own continuations, the group's other samples repel it.
   continuation_kernel: str = "batch"
+  # > 0: the step takes its features and gradients in chunks of this many rows (train_step_chunked); 0: all at once.
+  chunk: int = 0
 
   def __post_init__(self):
     parts = self.positive_source.split("+")
@@ -79,6 +81,18 @@ class StepConfig:
       raise ValueError(f"drift.continuation_kernel={self.continuation_kernel!r}; expected batch or own")
     if self.uses_continuation and self.continuation_samples < 1:
       raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
+    if self.chunk < 0:
+      raise ValueError(f"train.chunk={self.chunk} must be >= 0")
+    if self.chunk:
+      if self.positive_source != "data" or self.gen.head != "embedding":
+        raise ValueError(
+          f"train.chunk={self.chunk} needs drift.positives='data' and model.head='embedding' "
+          f"(got {self.positive_source!r}, {self.gen.head!r}); set train.chunk=0"
+        )
+      rows = {"generated": self.groups * self.n_gen, "positive": self.groups * self.positives}
+      for name, n in rows.items():
+        if n % self.chunk:
+          raise ValueError(f"train.chunk={self.chunk} must divide the step's {n} {name} rows")
 
   @property
   def uses_data(self) -> bool:
@@ -243,6 +257,58 @@ def generated_loss(
   return total, metrics
 
 
+def _in_chunks(x: Array, chunk: int) -> Array:
+  """(B, ...) -> (B / chunk, chunk, ...)."""
+  return x.reshape(x.shape[0] // chunk, chunk, *x.shape[1:])
+
+
+def _joined(tree):
+  """The inverse of _in_chunks on every leaf."""
+  return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), tree)
+
+
+def chunked_loss_and_grads(
+  params, graphdef, encoder, noise: Array, style: Array, pos_ids: Array, pos_w: Array, cfg: StepConfig
+) -> tuple[Array, dict[str, Array], Any]:
+  """The data-positives loss, its metrics and gradients as the whole-batch step computes them, with the
+  activations of only cfg.chunk rows alive at a time (train.chunk).
+
+  The field couples samples only through their features: the real rows' features are taken chunk by chunk, the
+  generated rows' too (no gradients), then the fields of all of them; given the fields the loss is a sum over
+  generated rows, so its gradient is summed over chunks, each running the generator and encoder again.
+  The price: one more forward pass of the generated rows (generator and encoder).
+  pos_ids: (G * M, L) positives, group-major; pos_w: (G, M).
+  """
+  c = cfg.chunk
+  table = encoder.wte[...][: cfg.gen.vocab_size]
+
+  def gen_features(p, noise_c, style_c):
+    out = nnx.merge(graphdef, p)(noise_c, style_c)
+    return feature_dict(encoder, gen_lib.to_embeddings(out, table, cfg.gen), None, cfg)
+
+  inputs = (_in_chunks(noise, c), _in_chunks(style, c))
+  pos_feats = _joined(jax.lax.map(lambda ids: feature_dict(encoder, None, ids, cfg), _in_chunks(pos_ids, c)))
+  gen_feats = _joined(jax.lax.map(lambda a: gen_features(params, *a), inputs))
+  pos_feats, gen_feats = jax.lax.stop_gradient((pos_feats, gen_feats))
+  fields, feat_scales, _, metrics = losses_lib.drift_fields(gen_feats, pos_feats, pos_w, cfg.groups, cfg.field)
+  sizes = {k: v.size for k, v in gen_feats.items()}
+
+  def chunk_loss(p, noise_c, style_c, x0_c, v_c):
+    # (x - x0) / s' - V: the whole-batch residual x / s' - sg(x / s' + V), without subtracting two large numbers.
+    feats = gen_features(p, noise_c, style_c)
+    return sum(jnp.sum(jnp.square((feats[k] - x0_c[k]) / feat_scales[k] - v_c[k])) / sizes[k] for k in feats)
+
+  def body(carry, xs):
+    loss, grads = carry
+    chunk_value, chunk_grads = jax.value_and_grad(chunk_loss)(params, *xs)
+    return (loss + chunk_value, jax.tree.map(jnp.add, grads, chunk_grads)), None
+
+  fixed = jax.tree.map(lambda a: _in_chunks(a, c), (gen_feats, fields))
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), _ = jax.lax.scan(body, zeros, (*inputs, *fixed))
+  return loss, metrics, grads
+
+
 def train_step(
   state: TrainState,
   real_ids: Array,
@@ -265,15 +331,20 @@ def train_step(
   if cfg.queue_size:
     pos_ids = jnp.concatenate([fresh, state["queue"]], axis=1)
     pos_w = jnp.concatenate([pos_w, state["queue_filled"]], axis=1)
-  pos_feats = None
-  if cfg.uses_data:
-    pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg))
+  if cfg.chunk:
+    loss, metrics, grads = chunked_loss_and_grads(
+      state["params"], graphdef, encoder, noise, style, pos_ids.reshape(-1, length), pos_w, cfg
+    )
+  else:
+    pos_feats = None
+    if cfg.uses_data:
+      pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg))
 
-  def loss_fn(params):
-    out = nnx.merge(graphdef, params)(noise, style)
-    return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=jax.random.fold_in(step_key, 1))
+    def loss_fn(params):
+      out = nnx.merge(graphdef, params)(noise, style)
+      return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=jax.random.fold_in(step_key, 1))
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   ema = optax.incremental_update(params, state["ema"], 1.0 - cfg.ema_decay)

@@ -124,3 +124,10 @@ def to_groups(feat: Array, num_groups: int) -> Array:
     raise ValueError(f"batch {b} is not divisible into {num_groups} groups")
   n = b // num_groups
   return feat.reshape(num_groups, n, p, c).transpose(0, 2, 1, 3).reshape(num_groups * p, n, c)
+
+
+def from_groups(grouped: Array, num_groups: int) -> Array:
+  """The inverse of to_groups: (G * P, N, C) -> (G * N, P, C)."""
+  gp, n, c = grouped.shape
+  p = gp // num_groups
+  return grouped.reshape(num_groups, p, n, c).transpose(0, 2, 1, 3).reshape(num_groups * n, p, c)

@@ -14,6 +14,57 @@ from driftjax.drift import field as field_lib
 Array = jax.Array
 
 
+def _stacked(gen_feats: Mapping[str, Array], pos_feats: Mapping[str, Array], groups: int):
+  """Keys whose grouped features share a shape, stacked: [(names, xs (K, G * P, N, C), ys (K, G * P, M, C))]."""
+  by_shape: dict[tuple, list[str]] = {}
+  grouped = {}
+  for name in gen_feats:
+    x = feat_lib.to_groups(gen_feats[name], groups)
+    grouped[name] = (x, feat_lib.to_groups(pos_feats[name], groups))
+    by_shape.setdefault(grouped[name][0].shape + grouped[name][1].shape, []).append(name)
+  return [
+    (names, jnp.stack([grouped[n][0] for n in names]), jnp.stack([grouped[n][1] for n in names]))
+    for names in by_shape.values()
+  ]
+
+
+def drift_fields(
+  gen_feats: Mapping[str, Array],
+  pos_feats: Mapping[str, Array],
+  pos_weights: Array,
+  groups: int,
+  config: field_lib.FieldConfig,
+) -> tuple[dict[str, Array], dict[str, Array], Array, dict[str, Array]]:
+  """The fields that drift_losses' gradients follow, laid out like the features, for a loss taken in pieces.
+
+  Returns V {key: (G * N, P, C)} (normalized units, stop-gradient), s' {key: scalar} (the scale the features
+  are divided by), the total loss and drift_losses' metrics. drift_losses' loss of key k is
+  mean((x / s' - sg(x / s' + V))^2) over its G * N * P * C entries, whose gradient is that of
+  sum(((x - sg(x)) / s' - V)^2) / (G * N * P * C): a sum over rows, so it may be taken over chunks of rows.
+  Keys whose grouped features share a shape (e.g. one pooling of several layers) are stacked and computed by
+  one vmapped field call: the same per-key results (each key keeps its own scale), fewer and larger kernels.
+  """
+
+  def one(x, y):
+    sub = x.shape[0] // groups
+    w = jnp.repeat(pos_weights, sub, axis=0)
+    v, aux = field_lib.drift_field(x, y, pos_weights=w, config=config)
+    return v, aux["scale"], aux["raw_drift_norm"]
+
+  fields, feat_scales, total, metrics = {}, {}, 0.0, {}
+  for names, xs, ys in _stacked(gen_feats, pos_feats, groups):
+    vs, scales, norms = jax.vmap(one)(xs, ys)
+    for i, name in enumerate(names):
+      loss = jnp.mean(jnp.square(vs[i]))
+      total = total + loss
+      metrics[f"loss/{name}"], metrics[f"scale/{name}"] = loss, scales[i]
+      for j, t in enumerate(config.temperatures):
+        metrics[f"raw_drift_norm/{name}/T{t:g}"] = norms[i, j]
+      fields[name] = feat_lib.from_groups(vs[i], groups)
+      feat_scales[name] = scales[i] / jnp.sqrt(jnp.float32(xs.shape[-1]))
+  return fields, feat_scales, total, metrics
+
+
 def drift_losses(
   gen_feats: Mapping[str, Array],
   pos_feats: Mapping[str, Array],
@@ -24,33 +75,14 @@ def drift_losses(
   """Sum over feature keys of the drift loss, and per-key losses, scales and raw drift norms for metrics.
 
   gen_feats / pos_feats: {key: (G * N, P, C)} / {key: (G * M, P, C)}, group-major; pos_weights: (G, M).
-  Keys whose grouped features share a shape (e.g. one pooling of several layers) are stacked and computed by
-  one vmapped field call: the same per-key results (each key keeps its own scale), fewer and larger kernels.
+  Per key, field.drift_loss on its groups: mean((x / s' - sg(x / s' + V))^2); gradients flow through x only.
   """
-  by_shape: dict[tuple, list[str]] = {}
-  grouped = {}
-  for name in gen_feats:
-    x = feat_lib.to_groups(gen_feats[name], groups)
-    grouped[name] = (x, feat_lib.to_groups(pos_feats[name], groups))
-    by_shape.setdefault(grouped[name][0].shape + grouped[name][1].shape, []).append(name)
-
-  def one(x, y):
-    sub = x.shape[0] // groups
-    w = jnp.repeat(pos_weights, sub, axis=0)  # (G, M) -> (G * P, M), as to_groups lays out groups.
-    loss, aux = field_lib.drift_loss(x, y, pos_weights=w, config=config)
-    return loss, aux["scale"], aux["raw_drift_norm"]
-
-  total, metrics = 0.0, {}
-  for names in by_shape.values():
-    xs = jnp.stack([grouped[n][0] for n in names])
-    ys = jnp.stack([grouped[n][1] for n in names])
-    losses, scales, norms = jax.vmap(one)(xs, ys)
-    total = total + jnp.sum(losses)
-    for i, name in enumerate(names):
-      metrics[f"loss/{name}"] = losses[i]
-      metrics[f"scale/{name}"] = scales[i]
-      for j, t in enumerate(config.temperatures):
-        metrics[f"raw_drift_norm/{name}/T{t:g}"] = norms[i, j]
+  fields, feat_scales, _, metrics = drift_fields(gen_feats, pos_feats, pos_weights, groups, config)
+  total = 0.0
+  for name, x in gen_feats.items():
+    xn = x.astype(jnp.float32) / feat_scales[name]
+    metrics[f"loss/{name}"] = jnp.mean(jnp.square(xn - jax.lax.stop_gradient(xn + fields[name])))
+    total = total + metrics[f"loss/{name}"]
   return total, metrics
 
 
