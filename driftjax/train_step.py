@@ -25,6 +25,7 @@ from driftjax.drift import losses as losses_lib
 from driftjax.drift import teacher as teacher_lib
 from driftjax.models import generator as gen_lib
 from driftjax.models import gpt2
+from driftjax.models import kv_decode
 
 Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
@@ -181,7 +182,7 @@ def generated_loss(
       raise ValueError("continuation positives need a PRNG key")
     ids = jax.lax.stop_gradient(decoded_ids(out, table, cfg.gen))
     m = cfg.continuation_samples
-    cont, first = gpt2.continue_samples(
+    cont, first = kv_decode.continue_samples(
       encoder,
       key,
       jnp.repeat(ids, m, axis=0),  # Each sample's M continuations stay in its group (group-major rows).
