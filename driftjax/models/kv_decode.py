@@ -62,8 +62,7 @@ def _attend(q: Array, k: Array, v: Array, cache: LayerCache, slot: Array) -> Arr
   """Attention of one query per row (B, H, 1, hd) to the filled cache (the done blocks, slots 0 .. slot-1 of the
   current one) and to its own position's key and value k, v (B, H, 1, hd), which are not yet in the cache.
 
-  The step reads the cache before writing it (the write is the carry's only user), so XLA updates the loop's
-  carry in place; attending to the written cache made it copy every cache at every step.
+  Reading the cache before the new slot is written (see _block_step) lets XLA write the loop's carry in place.
   """
   scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
 
