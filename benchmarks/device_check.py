@@ -13,7 +13,7 @@ is its own process's.
             batch 1x(64+64), seq 256, data.source=synthetic (3,000 stories, holdout 0: data content does not
             change step cost). remat off, then (after sampling) remat on (model.remat and encoder.remat).
   sampling  benchmarks/sampling.py's measure: generator forward + nearest-token decode vs KV-cached
-            gpt2.sample_ar of GPT-2 small, 256 tokens, bfloat16, batch 1 and 64, median of 5.
+            kv_decode.sample_ar of GPT-2 small, 256 tokens, bfloat16, batch 1 and 64, median of 5.
 
 What it prints last (figures are the run's; '-' where a part failed):
 

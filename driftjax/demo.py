@@ -28,6 +28,7 @@ from driftjax import sampler as sampler_lib
 from driftjax import train
 from driftjax.data import synthetic
 from driftjax.models import gpt2
+from driftjax.models import kv_decode
 
 ROWS = ("init", "final", "data", "ar")
 REPORT_KEYS = (
@@ -81,7 +82,7 @@ def sampling_speed(gen, encoder, n: int, length: int, seed: int) -> dict[str, fl
     return gen.generate(n, jax.random.key(seed))[0]
 
   def autoregressive():
-    return gpt2.sample_ar(encoder, jax.random.key(seed), n, length)
+    return kv_decode.sample_ar(encoder, jax.random.key(seed), n, length)
 
   out = {}
   for name, fn in (("one_step_s", one_step), ("autoregressive_s", autoregressive)):

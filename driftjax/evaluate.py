@@ -28,6 +28,7 @@ from driftjax.data import corpus as corpus_lib
 from driftjax.data import synthetic
 from driftjax.models import decode
 from driftjax.models import gpt2
+from driftjax.models import kv_decode
 
 TABLE_KEYS = (
   "gen_ppl",
@@ -196,7 +197,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, samples_path: str | Non
 def teacher_samples(lm, tokenizer, n: int, length: int, batch: int, key) -> list[list[int]]:
   """n ancestral samples of `length` tokens from the LM (KV-cached), each cut at its first end-of-text."""
   ar = np.concatenate(
-    [np.asarray(gpt2.sample_ar(lm, jax.random.fold_in(key, i), min(batch, n - i), length)) for i in range(0, n, batch)]
+    [
+      np.asarray(kv_decode.sample_ar(lm, jax.random.fold_in(key, i), min(batch, n - i), length))
+      for i in range(0, n, batch)
+    ]
   )
   return decode.truncate_at_eos(ar, tokenizer.eos_token_id)
 

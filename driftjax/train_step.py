@@ -24,7 +24,7 @@ from driftjax.drift import field as field_lib
 from driftjax.drift import losses as losses_lib
 from driftjax.drift import teacher as teacher_lib
 from driftjax.models import generator as gen_lib
-from driftjax.models import gpt2
+from driftjax.models import kv_decode
 
 Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
@@ -226,7 +226,7 @@ def generated_loss(
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
     else:
-      cont, _ = gpt2.continue_samples(
+      cont, _ = kv_decode.continue_samples(
         encoder, key, own, top_k=cfg.teacher_top_k, floor=cfg.teacher_floor, policy=cfg.continuation_policy
       )
     cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))

@@ -1,4 +1,4 @@
-"""Continuation positives (gpt2.continue_samples, issue 14 option 2): which tokens are kept, which the LM replaces.
+"""Continuation positives (kv_decode.continue_samples, issue 14 option 2): which tokens are kept, which the LM replaces.
 
 Each kept or sampled token is checked against the LM's full (uncached) forward on the row's own new prefix, so
 the KV-cached loop is held to the model itself.
@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from driftjax.models import gpt2
+from driftjax.models import kv_decode
 
 VOCAB, EOS, LENGTH = 24, 23, 10
 
@@ -35,7 +36,7 @@ def _acceptable(model, prefix_rows, top_k, floor):
 def _rows(model, seed=0, n=6):
   """Rows the LM half agrees with: its own samples among its top 4, with token 4 changed."""
   ids = jax.random.randint(jax.random.key(seed), (n, LENGTH), 0, EOS)
-  ids = np.array(gpt2.continue_samples(model, jax.random.key(seed + 9), ids, top_k=4, floor=0.0)[0])
+  ids = np.array(kv_decode.continue_samples(model, jax.random.key(seed + 9), ids, top_k=4, floor=0.0)[0])
   ids[:, 4] = (ids[:, 4] + 7) % EOS
   return jnp.asarray(ids)
 
@@ -43,7 +44,7 @@ def _rows(model, seed=0, n=6):
 @pytest.mark.parametrize("policy", ["continue", "repair"])
 def test_kept_tokens_are_acceptable_and_replaced_ones_are_not(lm, policy):
   ids = _rows(lm)
-  out, first = gpt2.continue_samples(lm, jax.random.key(1), ids, top_k=3, floor=0.05, policy=policy)
+  out, first = kv_decode.continue_samples(lm, jax.random.key(1), ids, top_k=3, floor=0.05, policy=policy)
   out, first, ids = np.asarray(out), np.asarray(first), np.asarray(ids)
   ok, _ = _acceptable(lm, jnp.asarray(out), 3, 0.05)
   ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0  # Positions after the row's first end-of-text.
@@ -72,7 +73,7 @@ def test_kept_tokens_are_acceptable_and_replaced_ones_are_not(lm, policy):
 def test_repair_keeps_more_of_the_row_than_continue(lm):
   ids = _rows(lm, seed=3, n=16)
   outs = {
-    p: np.asarray(gpt2.continue_samples(lm, jax.random.key(2), ids, top_k=3, floor=0.05, policy=p)[0])
+    p: np.asarray(kv_decode.continue_samples(lm, jax.random.key(2), ids, top_k=3, floor=0.05, policy=p)[0])
     for p in ("continue", "repair")
   }
   kept = {p: np.mean(o == np.asarray(ids)) for p, o in outs.items()}
@@ -81,10 +82,10 @@ def test_repair_keeps_more_of_the_row_than_continue(lm):
 
 def test_everything_acceptable_keeps_the_row_and_nothing_acceptable_replaces_all(lm):
   ids = _rows(lm, seed=4)
-  out, first = gpt2.continue_samples(lm, jax.random.key(0), ids, top_k=VOCAB, floor=0.0)
+  out, first = kv_decode.continue_samples(lm, jax.random.key(0), ids, top_k=VOCAB, floor=0.0)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ids))
   np.testing.assert_array_equal(np.asarray(first), LENGTH)
-  out, first = gpt2.continue_samples(lm, jax.random.key(0), ids, top_k=3, floor=1.5)
+  out, first = kv_decode.continue_samples(lm, jax.random.key(0), ids, top_k=3, floor=1.5)
   np.testing.assert_array_equal(np.asarray(first), 0)
   # Nothing clears the floor: the LM's top token is taken (greedy), so the rows equal its greedy decoding.
   out = np.asarray(out)
@@ -96,11 +97,11 @@ def test_everything_acceptable_keeps_the_row_and_nothing_acceptable_replaces_all
 def test_rows_end_at_their_first_end_of_text(lm):
   ids = np.array(_rows(lm, seed=5))
   ids[:, 4] = EOS
-  out, _ = gpt2.continue_samples(lm, jax.random.key(0), jnp.asarray(ids), top_k=VOCAB, floor=0.0, policy="repair")
+  out, _ = kv_decode.continue_samples(lm, jax.random.key(0), jnp.asarray(ids), top_k=VOCAB, floor=0.0, policy="repair")
   np.testing.assert_array_equal(np.asarray(out)[:, 5:], EOS)
   np.testing.assert_array_equal(np.asarray(out)[:, :5], ids[:, :5])
 
 
 def test_bad_policy_is_an_error(lm):
   with pytest.raises(ValueError, match="policy"):
-    gpt2.continue_samples(lm, jax.random.key(0), _rows(lm), top_k=3, floor=0.0, policy="resample")
+    kv_decode.continue_samples(lm, jax.random.key(0), _rows(lm), top_k=3, floor=0.0, policy="resample")

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from driftjax.models import gpt2
+from driftjax.models import kv_decode
 
 TINY = os.path.join(os.path.dirname(__file__), "testdata", "tiny_gpt2")
 
@@ -112,16 +113,16 @@ def test_unknown_hub_name_offline_is_a_clear_error(monkeypatch):
 
 def test_ar_sampling_matches_full_forward(tiny):
   """The KV-cached sampler's tokens, re-scored by a plain forward, are the greedy argmax at temperature ~0."""
-  tokens = gpt2.sample_ar(tiny, jax.random.key(0), batch=2, length=10, temperature=1e-4)
+  tokens = kv_decode.sample_ar(tiny, jax.random.key(0), batch=2, length=10, temperature=1e-4)
   chex.assert_shape(tokens, (2, 10))
   seq = jnp.concatenate([jnp.full((2, 1), tiny.cfg.eos_token_id), tokens], axis=1)
   logits = tiny(input_ids=seq, logits=True)["logits"]
   np.testing.assert_array_equal(np.asarray(jnp.argmax(logits[:, :-1], -1)), np.asarray(tokens))
-  hot = gpt2.sample_ar(tiny, jax.random.key(1), batch=2, length=10, temperature=1.0)
+  hot = kv_decode.sample_ar(tiny, jax.random.key(1), batch=2, length=10, temperature=1.0)
   assert not np.array_equal(np.asarray(hot), np.asarray(tokens))
-  assert gpt2.sample_ar(tiny, jax.random.key(0), batch=1, length=32).shape == (1, 32)  # All positions.
+  assert kv_decode.sample_ar(tiny, jax.random.key(0), batch=1, length=32).shape == (1, 32)  # All positions.
   with pytest.raises(ValueError, match="sequence length 33 exceeds the model's 32 positions"):
-    gpt2.sample_ar(tiny, jax.random.key(0), batch=1, length=33)
+    kv_decode.sample_ar(tiny, jax.random.key(0), batch=1, length=33)
 
 
 def einsum_block(block, x):
@@ -136,38 +137,59 @@ def einsum_block(block, x):
   return x + block.mlp_proj(jax.nn.gelu(block.c_fc(block.ln_2(x)), approximate=True))
 
 
-def einsum_block_step(block, x, k_cache, v_cache, pos):
-  """The KV-cached step as written before jax.nn.dot_product_attention (the caches already hold position pos)."""
-  b, _, d = x.shape
-  hd = d // block.n_head
-  q = jnp.split(block.c_attn(block.ln_1(x)), 3, axis=-1)[0].reshape(b, 1, block.n_head, hd)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_cache).astype(jnp.float32) / np.sqrt(hd)
-  logits = jnp.where(jnp.arange(k_cache.shape[1]) <= pos, logits, jnp.finfo(jnp.float32).min)
-  attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1).astype(x.dtype), v_cache).reshape(b, 1, d)
-  x = x + block.attn_proj(attn)
-  return x + block.mlp_proj(jax.nn.gelu(block.c_fc(block.ln_2(x)), approximate=True))
-
-
 def test_causal_attention_equals_einsum_reference(tiny):
   x = jax.random.normal(jax.random.key(2), (2, 20, tiny.cfg.n_embd))
   for block in tiny.h:
     chex.assert_trees_all_close(jax.jit(block.__call__)(x), einsum_block(block, x), atol=1e-5, rtol=1e-5)
 
 
-def test_cached_step_equals_einsum_reference(tiny):
-  """Each position's step, with caches holding garbage past it, equals the einsum step and the full forward."""
-  block, length = tiny.h[0], 12
-  hd = tiny.cfg.n_embd // tiny.cfg.n_head
+def test_cached_steps_equal_full_forward(tiny):
+  """Each position's cached step equals the full forward, across cache blocks; slots not yet written (garbage
+  here) are not attended to."""
+  block, length, size = tiny.h[0], 12, 5
+  h, hd = tiny.cfg.n_head, tiny.cfg.n_embd // tiny.cfg.n_head
   xs = jax.random.normal(jax.random.key(3), (2, length, tiny.cfg.n_embd))
   full = block(xs)
-  noise = jax.random.normal(jax.random.key(4), (2, 2, length, tiny.cfg.n_head, hd))
-  k_cache, v_cache = 100 * noise[0], 100 * noise[1]  # Slots not yet written must not be attended to.
-  step = jax.jit(gpt2._block_step)
-  for pos in range(length):
-    x = xs[:, pos : pos + 1]
-    out, k_cache, v_cache = step(block, x, k_cache, v_cache, jnp.int32(pos))
-    chex.assert_trees_all_close(out, einsum_block_step(block, x, k_cache, v_cache, pos), atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(out, full[:, pos : pos + 1], atol=1e-5, rtol=1e-5)
+  step = jax.jit(kv_decode._block_step)
+  k_done = v_done = None
+  for start in range(0, length, size):
+    n = min(size, length - start)
+    garbage = 100 * jax.random.normal(jax.random.key(start), (2, 2, h, n, hd))
+    cache = kv_decode.LayerCache(k_done, v_done, jnp.swapaxes(garbage[0], 2, 3), garbage[1])
+    for pos in range(start, start + n):
+      out, cache = step(block, xs[:, pos : pos + 1], cache, jnp.int32(pos - start))
+      chex.assert_trees_all_close(out, full[:, pos : pos + 1], atol=1e-5, rtol=1e-5)
+    k_done = cache.k_cur if k_done is None else jnp.concatenate([k_done, cache.k_cur], -1)
+    v_done = cache.v_cur if v_done is None else jnp.concatenate([v_done, cache.v_cur], -2)
+
+
+def test_ar_tokens_do_not_depend_on_cache_blocks(tiny):
+  one = kv_decode.sample_ar(tiny, jax.random.key(5), batch=3, length=20, block=64)
+  for block in (1, 7):
+    np.testing.assert_array_equal(np.asarray(kv_decode.sample_ar(tiny, jax.random.key(5), 3, 20, block=block)), one)
+
+
+def test_categorical_matches_softmax_frequencies():
+  """Inverse-CDF draws over 700 entries (chunks of 64, the last one partial) follow softmax(logits / T); entries
+  of probability zero are never drawn."""
+  logits = 3.0 * jax.random.normal(jax.random.key(0), (700,))
+  logits = logits.at[::5].set(-jnp.inf)
+  n, temperature = 100_000, 1.5
+  draws = jax.jit(kv_decode.categorical, static_argnames="chunk")(
+    jax.random.key(1), jnp.broadcast_to(logits, (n, 700)), jnp.float32(temperature), chunk=64
+  )
+  freq = np.bincount(np.asarray(draws), minlength=700) / n
+  p = np.asarray(jax.nn.softmax(logits / temperature))
+  assert freq[::5].sum() == 0
+  # Each frequency within 5 standard errors of its probability, and Pearson's chi-square (560 - 1 degrees of
+  # freedom: mean 559, standard deviation 33) within 6 standard deviations.
+  np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-9)
+  live = p > 0
+  chi2 = n * np.sum((freq[live] - p[live]) ** 2 / p[live])
+  assert chi2 < 559 + 6 * 33, chi2
+  # Greedy at a tiny temperature: the argmax, even when it sits in the last, partial chunk.
+  hot = jnp.zeros((4, 700)).at[:, 699].set(1.0)
+  np.testing.assert_array_equal(np.asarray(kv_decode.categorical(jax.random.key(2), hot, jnp.float32(1e-4))), 699)
 
 
 def test_remat_gives_same_features_and_gradients(tiny):

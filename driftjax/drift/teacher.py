@@ -99,7 +99,7 @@ def resample_unlikely(key: Array, ids: Array, cand: Array, weights: Array, m: in
   ids (B, L); cand, weights (B, L, K) from next_token_candidates (a token is likely at t when it is a candidate
   there with weight > 0). Each unlikely token is replaced by a candidate drawn with probability proportional to
   the weights (the top candidate when all weigh 0), independently in each copy; every position is conditioned
-  on the sample's own tokens before it (one LM pass, no loop: gpt2.continue_samples(policy="repair") is the
+  on the sample's own tokens before it (one LM pass, no loop: kv_decode.continue_samples(policy="repair") is the
   sequential version). Returns rows (B * M, L), sample-major (copies of sample b are rows b*M .. b*M+M-1), and
   the likely mask (B, L).
   """

@@ -9,7 +9,6 @@ i is the output of block i for i < n_layer, and n_layer is the final layer norm'
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Sequence
@@ -117,24 +116,11 @@ class Block(nnx.Module):
     q, k, v = jnp.split(self.c_attn(self.ln_1(x)), 3, axis=-1)
     q, k, v = (t.reshape(b, length, self.n_head, hd) for t in (q, k, v))
     attn = attention.attend(q, k, v, is_causal=True).reshape(b, length, d)
-    x = x + self.attn_proj(attn)
+    return self.mlp(x + self.attn_proj(attn))
+
+  def mlp(self, x: Array) -> Array:
+    """The block's second half: x plus the MLP of its normed x."""
     return x + self.mlp_proj(_ACTIVATIONS[self.act](self.c_fc(self.ln_2(x))))
-
-
-def _block_step(block: Block, x: Array, k_cache: Array, v_cache: Array, pos: Array):
-  """One position through a block with a KV cache: x (B, 1, D), caches (B, L_max, H, hd)."""
-  b, _, d = x.shape
-  hd = d // block.n_head
-  q, k, v = (t.reshape(b, 1, block.n_head, hd) for t in jnp.split(block.c_attn(block.ln_1(x)), 3, axis=-1))
-  k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
-  v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
-  # The query sees cache slots 0 .. pos (those written so far): a per-row key length, not a causal mask
-  # (the single query sits at position pos, not at 0).
-  filled = jnp.full((b,), pos + 1, jnp.int32)
-  # XLA path (implementation=None): one query per step reads the whole cache, a memory-bound product.
-  attn = jax.nn.dot_product_attention(q.astype(k_cache.dtype), k_cache, v_cache, key_value_seq_lengths=filled)
-  x = x + block.attn_proj(attn.reshape(b, 1, d))
-  return x + block.mlp_proj(_ACTIVATIONS[block.act](block.c_fc(block.ln_2(x)))), k_cache, v_cache
 
 
 class GPT2(nnx.Module):
@@ -198,106 +184,6 @@ class GPT2(nnx.Module):
     if logits:
       out["logits"] = (x @ self.wte[...].astype(x.dtype).T).astype(jnp.float32)
     return out
-
-
-def sample_ar(
-  model: GPT2, key: Array, batch: int, length: int, temperature: float = 1.0, start_id: int | None = None
-) -> Array:
-  """Plain ancestral sampling with a KV cache: (batch, length) tokens after a start token (end-of-text).
-
-  The reference "ar" row of evaluation and the autoregressive side of benchmarks/sampling.py.
-  """
-  cfg = model.cfg
-  if length > cfg.n_positions:  # Positions 0 .. length-1 are fed (the start token and length-1 samples).
-    raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
-  start = cfg.eos_token_id if start_id is None else start_id
-  graphdef, state = nnx.split(model)
-  return _sample_ar(graphdef, state, key, jnp.float32(temperature), batch=batch, length=length, start=start)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "batch", "length", "start"))
-def _sample_ar(graphdef, state, key, temperature, *, batch, length, start):
-  model = nnx.merge(graphdef, state)
-  cfg = model.cfg
-  hd = cfg.n_embd // cfg.n_head
-  caches = [(jnp.zeros((batch, length, cfg.n_head, hd), model.dtype),) * 2 for _ in range(cfg.n_layer)]
-
-  def body(carry, pos):
-    token, caches = carry
-    x = (model.embed(token[:, None]) + model.wpe[...][pos][None, None]).astype(model.dtype)
-    new_caches = []
-    for block, (k_c, v_c) in zip(model.h, caches):
-      x, k_c, v_c = _block_step(block, x, k_c, v_c, pos)
-      new_caches.append((k_c, v_c))
-    logits = (model.ln_f(x)[:, 0] @ model.wte[...].astype(x.dtype).T).astype(jnp.float32)
-    nxt = jax.random.categorical(jax.random.fold_in(key, pos), logits / temperature, axis=-1)
-    return (nxt.astype(jnp.int32), new_caches), nxt.astype(jnp.int32)
-
-  init = (jnp.full((batch,), start, jnp.int32), caches)
-  _, tokens = jax.lax.scan(body, init, jnp.arange(length))
-  return tokens.T
-
-
-def continue_samples(
-  model: GPT2,
-  key: Array,
-  ids: Array,
-  *,
-  top_k: int,
-  floor: float,
-  policy: str = "continue",
-  temperature: float = 1.0,
-) -> tuple[Array, Array]:
-  """The LM's continuations of given token rows (B, L), one pass with a KV cache (issue 14, docs/demo.md).
-
-  The LM reads each row after a start token (end-of-text). At position t a row keeps its own token ids[t] when
-  that token is acceptable to the LM after the row's tokens so far (among the LM's top_k next tokens, with
-  probability >= floor); otherwise the LM samples the token there (from its top_k tokens above the floor,
-  renormalized, at `temperature`). policy "continue": after the first replaced position every later token is
-  sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
-  (each position conditioned on the repaired tokens before it). After a row's first end-of-text every token is
-  end-of-text (padding, as in real rows). Call it under jit (the training step does).
-
-  Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was.
-  """
-  if policy not in ("continue", "repair"):
-    raise ValueError(f"policy={policy!r}; expected continue or repair")
-  cfg = model.cfg
-  b, length = ids.shape
-  if length > cfg.n_positions:
-    raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
-  eos = cfg.eos_token_id
-  hd = cfg.n_embd // cfg.n_head
-  caches = [(jnp.zeros((b, length, cfg.n_head, hd), model.dtype),) * 2 for _ in range(cfg.n_layer)]
-  k = min(top_k, cfg.vocab_size)
-
-  def body(carry, inputs):
-    token, caches, diverged, ended = carry
-    pos, own = inputs
-    x = (model.embed(token[:, None]) + model.wpe[...][pos][None, None]).astype(model.dtype)
-    new_caches = []
-    for block, (k_c, v_c) in zip(model.h, caches):
-      x, k_c, v_c = _block_step(block, x, k_c, v_c, pos)
-      new_caches.append((k_c, v_c))
-    logits = (model.ln_f(x)[:, 0] @ model.wte[...].astype(x.dtype).T).astype(jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1)
-    top_p, top_ids = jax.lax.top_k(probs, k)
-    ok = top_p >= floor
-    acceptable = jnp.any(ok & (top_ids == own[:, None]), axis=-1)
-    # Sample among the acceptable candidates (the top one when none clears the floor).
-    ok = ok.at[:, 0].set(True)
-    scores = jnp.where(ok, jnp.log(jnp.maximum(top_p, 1e-30)) / temperature, -jnp.inf)
-    pick = jax.random.categorical(jax.random.fold_in(key, pos), scores, axis=-1)
-    sampled = jnp.take_along_axis(top_ids, pick[:, None], -1)[:, 0]
-    keep = acceptable & (~diverged if policy == "continue" else True)
-    nxt = jnp.where(ended, eos, jnp.where(keep, own, sampled)).astype(jnp.int32)
-    replaced = ~keep & ~ended
-    return (nxt, new_caches, diverged | replaced, ended | (nxt == eos)), (nxt, replaced)
-
-  init = (jnp.full((b,), eos, jnp.int32), caches, jnp.zeros((b,), bool), jnp.zeros((b,), bool))
-  _, (tokens, replaced) = jax.lax.scan(body, init, (jnp.arange(length), ids.T.astype(jnp.int32)))
-  first = jnp.where(jnp.any(replaced, 0), jnp.argmax(replaced, 0), length)
-  return tokens.T, first
 
 
 # --------------------------------------------------------------------------------------------------

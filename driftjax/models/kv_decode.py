@@ -1,0 +1,255 @@
+"""KV-cached decoding with GPT-2: ancestral sampling (sample_ar) and continuation of given rows (continue_samples).
+
+Both feed one token per position through decode_step (embed, every block against its cache, final norm, logits
+over the vocabulary) inside one loop, decode_loop. What makes the loop fast (benchmarks/sampling.py measures it):
+- The cache of a block is kept as keys (B, H, hd, L) and values (B, H, L, hd): both attention products read it in
+  the layout the matmul wants, so no step transposes it (jax.nn.dot_product_attention's (B, L, H, hd) layout made
+  XLA transpose every layer's whole cache at every step).
+- Positions run in blocks of `block`: within one, the keys and values of earlier blocks are loop constants of
+  exactly the filled length, and only the current block's slots are written (in place in the loop's carry), so a
+  step reads the filled cache plus at most block - 1 empty slots, not the whole preallocated length.
+- The logits table (V, D) is read as it is stored; the weights are cast to the compute dtype once, before the loop.
+- Tokens are drawn by inverse-CDF sampling (one uniform per row) instead of Gumbel-max (one random number per
+  vocabulary entry: 3.2M threefry draws per step at batch 64, as long as the step's matmuls on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from driftjax.models import gpt2
+
+Array = jax.Array
+
+
+class LayerCache(NamedTuple):
+  """One block's keys and values: `done` of the blocks before the current one, `cur` of the current block."""
+
+  k_done: Array | None  # (B, H, hd, P): positions 0 .. P-1 (None while P = 0).
+  v_done: Array | None  # (B, H, P, hd)
+  k_cur: Array  # (B, H, hd, C): positions P .. P+C-1, written as they come.
+  v_cur: Array  # (B, H, C, hd)
+
+
+def categorical(key: Array, logits: Array, temperature: Array, chunk: int = 256) -> Array:
+  """Samples (B,) from softmax(logits / temperature) of logits (B, V) by inverse CDF, with one uniform per row.
+
+  The CDF is found in two levels (sums of chunks of `chunk` entries, then the entries of the chosen chunk), so no
+  scan over the whole vocabulary is needed. A zero-probability entry is never chosen.
+  """
+  b, v = logits.shape
+  n = -(-v // chunk)
+  p = jnp.exp((logits - jnp.max(logits, -1, keepdims=True)) / temperature)
+  p = jnp.pad(p, ((0, 0), (0, n * chunk - v))).reshape(b, n, chunk)
+  sums = jnp.sum(p, -1)  # (B, n)
+  cum = jnp.cumsum(sums, -1)
+  u = (1.0 - jax.random.uniform(key, (b,))) * cum[:, -1]  # In (0, total].
+  c = jnp.minimum(jnp.sum(cum < u[:, None], -1), n - 1)  # The chunk whose CDF interval holds u.
+  before = jnp.where(c > 0, jnp.take_along_axis(cum, jnp.maximum(c - 1, 0)[:, None], -1)[:, 0], 0.0)
+  inner = jnp.cumsum(jnp.take_along_axis(p, c[:, None, None], 1)[:, 0], -1)  # (B, chunk)
+  r = jnp.minimum(u - before, inner[:, -1])  # Rounding may leave u past the chunk's own total.
+  return (c * chunk + jnp.sum(inner < r[:, None], -1)).astype(jnp.int32)
+
+
+def _attend(q: Array, k: Array, v: Array, cache: LayerCache, slot: Array) -> Array:
+  """Attention of one query per row (B, H, 1, hd) to the filled cache (the done blocks, slots 0 .. slot-1 of the
+  current one) and to its own position's key and value k, v (B, H, 1, hd), which are not yet in the cache.
+
+  Reading the cache before the new slot is written (see _block_step) lets XLA write the loop's carry in place.
+  """
+  scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+
+  def scores(keys, eq):  # Scores in float32 whatever the compute dtype, as jax.nn.dot_product_attention's XLA path.
+    return jnp.einsum(eq, q, keys, preferred_element_type=jnp.float32) * scale
+
+  cur = jnp.where(jnp.arange(cache.k_cur.shape[-1]) < slot, scores(cache.k_cur, "bhqd,bhdk->bhqk"), -jnp.inf)
+  parts = [cur, scores(k, "bhqd,bhkd->bhqk")]
+  if cache.k_done is not None:
+    parts.insert(0, scores(cache.k_done, "bhqd,bhdk->bhqk"))
+  probs = jnp.split(
+    jax.nn.softmax(jnp.concatenate(parts, -1), -1).astype(q.dtype), np.cumsum([x.shape[-1] for x in parts[:-1]]), -1
+  )
+  values = ([] if cache.v_done is None else [cache.v_done]) + [cache.v_cur]
+  out = probs[-1] * v  # (B, H, 1, 1) x (B, H, 1, hd)
+  for p, vals in zip(probs[-1 - len(values) : -1], values):
+    out = out + jnp.einsum("bhqk,bhkd->bhqd", p, vals)
+  return out
+
+
+def _block_step(block: gpt2.Block, x: Array, cache: LayerCache, slot: Array) -> tuple[Array, LayerCache]:
+  """One position through a block: x (B, 1, D) -> (B, 1, D); its query attends to the cache and to itself, then
+  its key and value are written at `slot` of the cache's current block."""
+  b, _, d = x.shape
+  h = block.n_head
+  q, k, v = (
+    t.reshape(b, h, 1, d // h).astype(cache.k_cur.dtype) for t in jnp.split(block.c_attn(block.ln_1(x)), 3, -1)
+  )
+  attn = _attend(q, k, v, cache, slot)  # (B, H, 1, hd)
+  # The written key and value made to depend on the reads of the cache (adding 0 * attn changes no finite
+  # value): without a data dependency XLA's copy insertion cannot put the in-place write after the reads and
+  # copies each cache twice at every step (an optimization_barrier does not help).
+  k, v = k + 0 * attn, v + 0 * attn
+  cache = cache._replace(
+    k_cur=jax.lax.dynamic_update_slice(cache.k_cur, jnp.swapaxes(k, 2, 3), (0, 0, 0, slot)),
+    v_cur=jax.lax.dynamic_update_slice(cache.v_cur, v, (0, 0, slot, 0)),
+  )
+  x = x + block.attn_proj(attn.reshape(b, 1, d).astype(x.dtype))
+  return block.mlp(x), cache
+
+
+def decode_step(
+  model: gpt2.GPT2, table: Array, token: Array, pos: Array, caches: list[LayerCache], slot: Array
+) -> tuple[Array, list[LayerCache]]:
+  """Token ids (B,) at position pos through the model -> the next token's logits (B, V) float32 and the caches.
+
+  table: the (V, D) token embeddings in the compute dtype (the tied logits weights); slot: pos within the
+  current cache block.
+  """
+  x = (model.embed(token[:, None]) + model.wpe[...][pos][None, None]).astype(model.dtype)
+  new = []
+  for block, cache in zip(model.h, caches):
+    x, cache = _block_step(block, x, cache, slot)
+    new.append(cache)
+  return jnp.einsum("bd,vd->bv", model.ln_f(x)[:, 0], table, preferred_element_type=jnp.float32), new
+
+
+def _cast_weights(model: gpt2.GPT2) -> gpt2.GPT2:
+  """The model with its blocks' matrices in the compute dtype (cast once, not at every step)."""
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda w: w.astype(model.dtype) if w.ndim == 2 else w, state)
+  return nnx.merge(graphdef, state)
+
+
+def decode_loop(model: gpt2.GPT2, first: Array, length: int, choose: Callable, carry, xs, block: int = 64):
+  """Feeds positions 0 .. length-1 with a KV cache: `first` (B,) at 0, at t > 0 the token chosen at t-1.
+
+  choose(logits (B, V) float32, pos, carry, x) -> (token (B,) int32, carry, out) picks the token of position
+  pos+1 from the model's logits at pos; x is row pos of xs (a pytree with leading axis `length`). Returns the final
+  carry and the outs stacked (length, ...). Positions run in lax.scans of `block` positions each (one compiled
+  loop per block, see the module docstring). Call it under jit.
+  """
+  cfg = model.cfg
+  model = _cast_weights(model)
+  table = model.wte[...].astype(model.dtype)
+  b, h, hd, dt = first.shape[0], cfg.n_head, cfg.n_embd // cfg.n_head, model.dtype
+  done = [(None, None)] * cfg.n_layer
+  token, outs = first, []
+  for start in range(0, length, block):
+    size = min(block, length - start)
+    empty = (jnp.zeros((b, h, hd, size), dt), jnp.zeros((b, h, size, hd), dt))
+    caches = [LayerCache(k, v, *empty) for k, v in done]
+
+    def body(state, inputs, start=start):
+      token, caches, carry = state
+      pos, x = inputs
+      logits, caches = decode_step(model, table, token, pos, caches, pos - start)
+      token, carry, out = choose(logits, pos, carry, x)
+      return (token, caches, carry), out
+
+    rows = jax.tree.map(lambda a, start=start, size=size: a[start : start + size], xs)
+    (token, caches, carry), out = jax.lax.scan(body, (token, caches, carry), (jnp.arange(start, start + size), rows))
+    outs.append(out)
+    done = [
+      (c.k_cur, c.v_cur)
+      if c.k_done is None
+      else (jnp.concatenate([c.k_done, c.k_cur], -1), jnp.concatenate([c.v_done, c.v_cur], -2))
+      for c in caches
+    ]
+  return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+
+def sample_ar(
+  model: gpt2.GPT2,
+  key: Array,
+  batch: int,
+  length: int,
+  temperature: float = 1.0,
+  start_id: int | None = None,
+  block: int = 64,
+) -> Array:
+  """Plain ancestral sampling with a KV cache: (batch, length) tokens after a start token (end-of-text).
+
+  The reference "ar" row of evaluation and the autoregressive side of benchmarks/sampling.py. block: positions
+  per compiled loop (see decode_loop); it changes the speed, not the tokens.
+  """
+  cfg = model.cfg
+  if length > cfg.n_positions:  # Positions 0 .. length-1 are fed (the start token and length-1 samples).
+    raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
+  start = cfg.eos_token_id if start_id is None else start_id
+  graphdef, state = nnx.split(model)
+  return _sample_ar(
+    graphdef, state, key, jnp.float32(temperature), batch=batch, length=length, start=start, block=block
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "batch", "length", "start", "block"))
+def _sample_ar(graphdef, state, key, temperature, *, batch, length, start, block):
+  def choose(logits, pos, carry, x):
+    token = categorical(jax.random.fold_in(key, pos), logits, temperature)
+    return token, carry, token
+
+  first = jnp.full((batch,), start, jnp.int32)
+  _, tokens = decode_loop(nnx.merge(graphdef, state), first, length, choose, (), None, block)
+  return tokens.T
+
+
+def continue_samples(
+  model: gpt2.GPT2,
+  key: Array,
+  ids: Array,
+  *,
+  top_k: int,
+  floor: float,
+  policy: str = "continue",
+  temperature: float = 1.0,
+  block: int = 64,
+) -> tuple[Array, Array]:
+  """The LM's continuations of given token rows (B, L), one pass with a KV cache (issue 14, docs/demo.md).
+
+  The LM reads each row after a start token (end-of-text). At position t a row keeps its own token ids[t] when
+  that token is acceptable to the LM after the row's tokens so far (among the LM's top_k next tokens, with
+  probability >= floor); otherwise the LM samples the token there (from its top_k tokens above the floor,
+  renormalized, at `temperature`). policy "continue": after the first replaced position every later token is
+  sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
+  (each position conditioned on the repaired tokens before it). After a row's first end-of-text every token is
+  end-of-text (padding, as in real rows). Call it under jit (the training step does).
+
+  Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was.
+  """
+  if policy not in ("continue", "repair"):
+    raise ValueError(f"policy={policy!r}; expected continue or repair")
+  cfg = model.cfg
+  b, length = ids.shape
+  if length > cfg.n_positions:
+    raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
+  eos = cfg.eos_token_id
+  k = min(top_k, cfg.vocab_size)
+
+  def choose(logits, pos, carry, own):
+    diverged, ended = carry
+    probs = jax.nn.softmax(logits, axis=-1)
+    top_p, top_ids = jax.lax.top_k(probs, k)
+    ok = top_p >= floor
+    acceptable = jnp.any(ok & (top_ids == own[:, None]), axis=-1)
+    # Sample among the acceptable candidates (the top one when none clears the floor).
+    ok = ok.at[:, 0].set(True)
+    scores = jnp.where(ok, jnp.log(jnp.maximum(top_p, 1e-30)) / temperature, -jnp.inf)
+    pick = jax.random.categorical(jax.random.fold_in(key, pos), scores, axis=-1)
+    sampled = jnp.take_along_axis(top_ids, pick[:, None], -1)[:, 0]
+    keep = acceptable & (~diverged if policy == "continue" else True)
+    nxt = jnp.where(ended, eos, jnp.where(keep, own, sampled)).astype(jnp.int32)
+    replaced = ~keep & ~ended
+    return nxt, (diverged | replaced, ended | (nxt == eos)), (nxt, replaced)
+
+  first = jnp.full((b,), eos, jnp.int32)
+  carry = (jnp.zeros((b,), bool), jnp.zeros((b,), bool))
+  _, (tokens, replaced) = decode_loop(model, first, length, choose, carry, ids.T.astype(jnp.int32), block)
+  first_replaced = jnp.where(jnp.any(replaced, 0), jnp.argmax(replaced, 0), length)
+  return tokens.T, first_replaced
