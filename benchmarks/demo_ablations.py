@@ -10,9 +10,11 @@ Each row: gen-PPL under the demo's LM and under an independent evaluator LM (DIR
 second LM pretrained with another seed and about twice the parameters; the teacher variants' positives come from
 the demo's LM, so only this column is a fair score for them), grammatical_rate, distinct-2 over the set, the
 share of samples agreeing on the token at each position (mean over positions; real stories: see the `data` row),
-the share of adjacent duplicated tokens, the vocab head's median top probability and the teacher's effective
-positives per position. "probe.queue": Q earlier particles' decoded tokens (a FIFO of the last steps) are extra
-negatives of the teacher loss, as a generator never repels the same samples forever.
+the share of adjacent duplicated tokens, the vocab head's median top probability, the teacher's effective
+positives per position and, with continuation positives, the share of the samples' tokens that their
+continuations change (cont_changed: how much of them the LM would rewrite). "probe.queue": Q earlier particles'
+decoded tokens (a FIFO of the last steps) are extra negatives of the teacher loss, as a generator never repels
+the same samples forever. --show=N prints N samples under each row.
 The evaluator: python -m driftjax.main --config=configs/demo.py --workdir=DIR --mode=pretrain_encoder
   --config.seed=1 --config.pretrain.n_embd=176 --config.pretrain.out_dir=evaluator
 """
@@ -201,10 +203,11 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1, queue: int 
   return np.asarray(decode.decode_outputs(x, table, cfg.gen)[0]), jax.device_get(metrics)
 
 
-def run_generator(trainer, steps: int, n: int = 64) -> np.ndarray:
-  state = trainer.init_state()
+def run_generator(trainer, steps: int, n: int = 64):
+  """n greedy EMA samples (n, L) after `steps` steps, and the last step's metrics (diagnostics included)."""
+  state, metrics = trainer.init_state(), {}
   for _ in range(steps):
-    state, _ = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
+    state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
   gen = sampler_lib.Sampler(
     graphdef=trainer.graphdef,
     params=state["ema"],
@@ -213,7 +216,7 @@ def run_generator(trainer, steps: int, n: int = 64) -> np.ndarray:
     tokenizer=trainer.tokenizer,
     batch=n,
   )
-  return gen.generate(n, jax.random.key(1))[0], {}
+  return gen.generate(n, jax.random.key(1))[0], jax.device_get(metrics)
 
 
 def main():
