@@ -4,9 +4,10 @@ noise -> generator -> embeddings E; frozen GPT-2 features of E (inputs_embeds) a
 at the configured layers, plus the raw embeddings; poolings; the drift loss summed over feature keys; AdamW
 with warmup + cosine and clipping; EMA of the generator. With drift.positives including "teacher", the frozen
 LM reads the generator's decoded tokens and its likely next tokens are per-position positives
-(driftjax/drift/teacher.py); with "continuation", the LM's continuations of each decoded sample (its tokens up to
-the first one the LM finds unlikely, then the LM's own) are whole-sample positives of a second data-like loss. The real-sample queue (token ids, G x Q x L) lives in the state: positives of
-group g are its fresh real rows plus its queued ones (empty slots weigh 0).
+(driftjax/drift/teacher.py); with "continuation", the LM's continuations or repairs of each decoded sample
+(driftjax/models/kv_decode.py) are whole-sample positives of a second data-like loss. The real-sample queue
+(token ids, G x Q x L) lives in the state: positives of group g are its fresh real rows plus its queued ones
+(empty slots weigh 0).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class StepConfig:
   # "batch": the group's continuations are positives of every sample in it (the data loss's kernel); "own": each
   # sample's field reaches only its own continuations, the group's other samples repel it.
   continuation_kernel: str = "batch"
-  # > 0: the step takes its features and gradients in chunks of this many rows (train_step_chunked); 0: all at once.
+  # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
 
   def __post_init__(self):
