@@ -16,11 +16,12 @@ sampler's floor is the larger of FLOPs / peak and bytes / bandwidth; each row pr
 - One step: XLA's count of the generator forward plus 2 * B * L * V * D for the decoding's distances.
 
 Where one-step stops winning: it does not save FLOPs. At batch 64 the generator and decoding do about 4.3 TFLOP,
-the KV-cached decoder about 4.1 (ar_cost): with both near their matmul peak the decoder is the faster on
-throughput (ratio below 1: 0.71x in one contaminated 2-core CPU run, against 8.2x at batch 1 and 2.7x at 8). At batch 1 the decoder rereads all its weights for every token
-and is bound by memory bandwidth, so one-step wins by far; the ratio falls as the batch grows and crosses 1
-between batch 8 and 64 on a 2-core CPU (where the batch-8 decoder is held back by XLA's small-M matmuls, at
-about a third of both bounds). One-step's lasting edge is latency: one pass instead of 256 dependent ones.
+the KV-cached decoder about 4.1 (ar_cost), so the throughput ratio at large batches is the ratio of the two
+paths' matmul efficiencies. On an idle 2-core CPU (2026-11-30): 9.3x at batch 1 (the decoder rereads its
+weights for every token: bandwidth-bound, at 69% of the measured bandwidth), 3.1x at 8 (the decoder's 8-row
+matmuls at 26% of peak), 1.5x at 64 (one-step at 84% of peak, the decoder at 54%); a decoder at one-step's
+efficiency would be about as fast at 64 (in a run on a loaded machine it was: 0.71x). One-step's lasting edge
+is latency: one pass instead of 256 dependent ones.
 measure() is shared with benchmarks/device_check.py.
 """
 
