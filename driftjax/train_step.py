@@ -291,7 +291,7 @@ def chunked_loss_and_grads(
   pos_feats = _joined(jax.lax.map(lambda ids: feature_dict(encoder, None, ids, cfg), _in_chunks(pos_ids, c)))
   gen_feats = _joined(jax.lax.map(lambda a: gen_features(params, *a), inputs))
   pos_feats, gen_feats = jax.lax.stop_gradient((pos_feats, gen_feats))
-  fields, feat_scales, _, metrics = losses_lib.drift_fields(gen_feats, pos_feats, pos_w, cfg.groups, cfg.field)
+  fields, feat_scales, metrics = losses_lib.drift_fields(gen_feats, pos_feats, pos_w, cfg.groups, cfg.field)
   sizes = {k: v.size for k, v in gen_feats.items()}
 
   def chunk_loss(p, noise_c, style_c, x0_c, v_c):

@@ -28,17 +28,25 @@ def _stacked(gen_feats: Mapping[str, Array], pos_feats: Mapping[str, Array], gro
   ]
 
 
+def _key_metrics(name: str, loss: Array, scale: Array, raw_norms: Array, temperatures) -> dict[str, Array]:
+  """One feature key's metrics: its loss, its scale and the raw drift norm at each temperature."""
+  out = {f"loss/{name}": loss, f"scale/{name}": scale}
+  for j, t in enumerate(temperatures):
+    out[f"raw_drift_norm/{name}/T{t:g}"] = raw_norms[j]
+  return out
+
+
 def drift_fields(
   gen_feats: Mapping[str, Array],
   pos_feats: Mapping[str, Array],
   pos_weights: Array,
   groups: int,
   config: field_lib.FieldConfig,
-) -> tuple[dict[str, Array], dict[str, Array], Array, dict[str, Array]]:
+) -> tuple[dict[str, Array], dict[str, Array], dict[str, Array]]:
   """The fields that drift_losses' gradients follow, laid out like the features, for a loss taken in pieces.
 
   Returns V {key: (G * N, P, C)} (normalized units, stop-gradient), s' {key: scalar} (the scale the features
-  are divided by), the total loss and drift_losses' metrics. drift_losses' loss of key k is
+  are divided by) and drift_losses' metrics. drift_losses' loss of key k is
   mean((x / s' - sg(x / s' + V))^2) over its G * N * P * C entries, whose gradient is that of
   sum(((x - sg(x)) / s' - V)^2) / (G * N * P * C): a sum over rows, so it may be taken over chunks of rows.
   Keys whose grouped features share a shape (e.g. one pooling of several layers) are stacked and computed by
@@ -51,18 +59,14 @@ def drift_fields(
     v, aux = field_lib.drift_field(x, y, pos_weights=w, config=config)
     return v, aux["scale"], aux["raw_drift_norm"]
 
-  fields, feat_scales, total, metrics = {}, {}, 0.0, {}
+  fields, feat_scales, metrics = {}, {}, {}
   for names, xs, ys in _stacked(gen_feats, pos_feats, groups):
     vs, scales, norms = jax.vmap(one)(xs, ys)
     for i, name in enumerate(names):
-      loss = jnp.mean(jnp.square(vs[i]))
-      total = total + loss
-      metrics[f"loss/{name}"], metrics[f"scale/{name}"] = loss, scales[i]
-      for j, t in enumerate(config.temperatures):
-        metrics[f"raw_drift_norm/{name}/T{t:g}"] = norms[i, j]
+      metrics.update(_key_metrics(name, jnp.mean(jnp.square(vs[i])), scales[i], norms[i], config.temperatures))
       fields[name] = feat_lib.from_groups(vs[i], groups)
       feat_scales[name] = scales[i] / jnp.sqrt(jnp.float32(xs.shape[-1]))
-  return fields, feat_scales, total, metrics
+  return fields, feat_scales, metrics
 
 
 def drift_losses(
@@ -77,7 +81,7 @@ def drift_losses(
   gen_feats / pos_feats: {key: (G * N, P, C)} / {key: (G * M, P, C)}, group-major; pos_weights: (G, M).
   Per key, field.drift_loss on its groups: mean((x / s' - sg(x / s' + V))^2); gradients flow through x only.
   """
-  fields, feat_scales, _, metrics = drift_fields(gen_feats, pos_feats, pos_weights, groups, config)
+  fields, feat_scales, metrics = drift_fields(gen_feats, pos_feats, pos_weights, groups, config)
   total = 0.0
   for name, x in gen_feats.items():
     xn = x.astype(jnp.float32) / feat_scales[name]
@@ -111,8 +115,5 @@ def own_positive_losses(
     neg_w = jnp.broadcast_to((1.0 - jnp.eye(n))[None, :, None, :], (groups, n, p, n)).reshape(b * p, n)
     loss, aux = field_lib.drift_loss(xs, ys, neg, neg_weights=neg_w, config=cfg)
     total = total + loss
-    metrics[f"loss/{name}"] = loss
-    metrics[f"scale/{name}"] = aux["scale"]
-    for j, t in enumerate(config.temperatures):
-      metrics[f"raw_drift_norm/{name}/T{t:g}"] = aux["raw_drift_norm"][j]
+    metrics.update(_key_metrics(name, loss, aux["scale"], aux["raw_drift_norm"], config.temperatures))
   return total, metrics
