@@ -1,17 +1,18 @@
 """Train-step speed, FLOP/s, MFU and peak memory for the smoke, demo and default configs, in one run.
 
     .venv/bin/python benchmarks/train_step.py [--configs=smoke,default] [--steps=5] [--default_batch=8] [--runs=3]
-        [--remat=off|on|both] [--chunk=0] [--seq_lens=256,512,1024]
+        [--remat=off|on|both] [--chunk=0] [--seq_lens=256,512,1024] [--dtypes=float32,bfloat16]
 
 Each config runs in its own subprocess (so that its peak resident memory is its own), with a random GPT-2 of
 the config's architecture as the encoder (no weights needed; the compute is the same). The default config runs
 at a reduced batch (groups=1, n_gen=n_pos=--default_batch) so that it fits this CPU. Achieved FLOP/s come from
-XLA's cost analysis of the compiled step; the peak is a large float32 (and bfloat16) matmul measured in the same
-run. Each config is measured in --runs separate processes (the peaks --runs times too); the table holds the
+XLA's cost analysis of the compiled step; the peaks are a large float32 matmul and a bfloat16 one accumulated in
+float32, measured in the same run (mfu_f32, mfu_bf16). Each config is measured in --runs separate processes (the peaks --runs times too); the table holds the
 median over runs of each figure (a run's step time is itself the median of --steps steps) and the range of the
 step times. --remat=on sets model.remat and encoder.remat (both: one row each way); --chunk=N sets train.chunk
 (the step in chunks of N rows: the default config at 64 + 64 needs it on a 24 GiB machine); --seq_lens runs each
-config at these model.seq_len (generator and encoder sizes fixed). A row's config column names the variant
+config at these model.seq_len (generator and encoder sizes fixed); --dtypes at these compute dtypes (model.dtype
+and encoder.dtype; bfloat16 products accumulate in float32, driftjax/models/matmul.py). A row's config column names the variant
 (default, default-remat, default-chunk8, ...); column 3 is step_s (the side-by-side script with the earlier port
 reads it from the last "default |" row). field_s is the field alone (forward + backward of every key's drift loss, on
 random features of the step's shapes, jitted and timed after the steps), field_share its share of step_s.
@@ -44,7 +45,9 @@ def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
   dtype = jnp.dtype(dtype_name)
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  f = jax.jit(lambda x, y: x @ y)
+  # Accumulated in float32, as driftjax.models.matmul's products are (on this CPU, bfloat16 products with a
+  # bfloat16 result run at the float32 rate or below; these run at about twice it).
+  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   times = []
   for _ in range(reps):
@@ -54,9 +57,11 @@ def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 5) -> float:
   return 2 * n**3 / sorted(times)[len(times) // 2]
 
 
-def config_for(name: str, default_batch: int, remat: bool = False, chunk: int = 0, seq_len: int = 0):
+def config_for(name: str, default_batch: int, remat: bool = False, chunk: int = 0, seq_len: int = 0, dtype: str = ""):
   config = common.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
   config.model.remat = config.encoder.remat = remat
+  if dtype:
+    config.model.dtype = config.encoder.dtype = dtype
   config.train.chunk = chunk
   if seq_len:
     config.model.seq_len = seq_len
@@ -70,10 +75,10 @@ def config_for(name: str, default_batch: int, remat: bool = False, chunk: int = 
   return config
 
 
-def measure(name: str, steps: int, default_batch: int, remat: bool, chunk: int, seq_len: int) -> dict:
+def measure(name: str, steps: int, default_batch: int, remat: bool, chunk: int, seq_len: int, dtype: str) -> dict:
   """Runs in the child process: the measure_config of config `name`, labelled with its variant."""
-  label = name + ("-remat" if remat else "") + (f"-chunk{chunk}" if chunk else "")
-  config = config_for(name, default_batch, remat, chunk, seq_len)
+  label = name + (f"-{dtype}" if dtype else "") + ("-remat" if remat else "") + (f"-chunk{chunk}" if chunk else "")
+  config = config_for(name, default_batch, remat, chunk, seq_len, dtype)
   return {"config": label, **measure_config(config, steps, field=True)}
 
 
@@ -138,7 +143,7 @@ def measure_config(config, steps: int, field: bool = False) -> dict:
     state = trainer.init_state()
     batch = trainer.next_batch()
     t0 = time.perf_counter()
-    compiled = trainer.step_fn.lower(state, batch, trainer.enc_state).compile()
+    compiled = trainer.compile_step(state, batch)  # What the train loop runs.
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -188,10 +193,14 @@ def main():
   parser.add_argument("--remat", default="off", choices=("off", "on", "both"))
   parser.add_argument("--chunk", type=int, default=0, help="train.chunk: rows per chunk of the step (0: off)")
   parser.add_argument("--seq_lens", default="", help="comma-separated model.seq_len values (default: the config's)")
+  parser.add_argument(
+    "--dtypes", default="", help="comma-separated compute dtypes of generator and encoder (default: the config's)"
+  )
   parser.add_argument("--child", default="")
   args = parser.parse_args()
   if args.child:
-    child = measure(args.child, args.steps, args.default_batch, args.remat == "on", args.chunk, int(args.seq_lens or 0))
+    remat, seq_len = args.remat == "on", int(args.seq_lens or 0)
+    child = measure(args.child, args.steps, args.default_batch, remat, args.chunk, seq_len, args.dtypes)
     print("RESULT" + json.dumps(child))
     return
   import jax
@@ -208,7 +217,9 @@ def main():
   rows = []
   remats = ("off", "on") if args.remat == "both" else (args.remat,)
   seq_lens = [int(n) for n in args.seq_lens.split(",")] if args.seq_lens else [0]
-  for name, remat, seq_len in ((n, r, s) for n in args.configs.split(",") for r in remats for s in seq_lens):
+  dtypes = args.dtypes.split(",") if args.dtypes else [""]
+  variants = [(n, r, s, d) for n in args.configs.split(",") for d in dtypes for r in remats for s in seq_lens]
+  for name, remat, seq_len, dtype in variants:
     if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
       print(f"skip {name}: no configs/{name}.py")
       continue
@@ -224,6 +235,7 @@ def main():
           f"--remat={remat}",
           f"--chunk={args.chunk}",
           f"--seq_lens={seq_len or ''}",
+          f"--dtypes={dtype}",
         ],
         capture_output=True,
         text=True,
@@ -231,7 +243,8 @@ def main():
       )
       if proc.returncode:
         print(
-          f"{name} (remat {remat}, chunk {args.chunk}, seq_len {seq_len or 'default'}) failed:\n{proc.stderr[-2000:]}"
+          f"{name} (remat {remat}, chunk {args.chunk}, seq_len {seq_len or 'default'}, dtype {dtype or 'default'}) "
+          f"failed:\n{proc.stderr[-2000:]}"
         )
         break
       runs.append(json.loads(proc.stdout.split("RESULT")[-1]))
@@ -239,6 +252,7 @@ def main():
       continue
     row = {k: (float(np.median([r[k] for r in runs])) if isinstance(v, float) else v) for k, v in runs[0].items()}
     row["mfu_f32"] = row["flops_per_s"] / peak32
+    row["mfu_bf16"] = row["flops_per_s"] / peak16
     row["step_s_range"] = f"{min(r['step_s'] for r in runs):.4g}-{max(r['step_s'] for r in runs):.4g}"
     rows.append(row)
   header = (  # Column 3 must stay step_s (see the docstring).
@@ -251,6 +265,7 @@ def main():
     "gen_tokens_per_s",
     "flops_per_s",
     "mfu_f32",
+    "mfu_bf16",
     "field_s",
     "field_share",
     "compile_s",
@@ -263,7 +278,8 @@ def main():
   for r in rows:
     if r["config"].startswith("default"):
       print(
-        f"{r['config']} config ({r['batch']}, seq_len {r['seq_len']}) MFU (float32 matmul peak): {r['mfu_f32']:.1%}"
+        f"{r['config']} config ({r['batch']}, seq_len {r['seq_len']}) MFU: {r['mfu_f32']:.1%} of the float32 "
+        f"matmul peak, {r['mfu_bf16']:.1%} of the bfloat16 one"
       )
 
 

@@ -25,7 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pos_init_scale = (
     1.0  # Position signal at the noise's scale (0.02 was drowned; docs/method.md section 5).
   )
-  config.model.dtype = "float32"  # Compute dtype; "bfloat16" on TPU/GPU. Parameters stay float32.
+  # Compute dtype; parameters stay float32. bfloat16 products accumulate in float32 (driftjax/models/matmul.py):
+  # on GPUs, TPUs and CPUs with AVX512-BF16 about twice the float32 rate (docs/benchmarks.md). "float32" for
+  # exact comparisons; the small configs (smoke, demo) use it.
+  config.model.dtype = "bfloat16"
   config.model.head = "embedding"  # The paper's: embeddings. "vocab": logits whose expected embedding feeds the
   config.model.vocab_mode = "soft"  # encoder ("soft"), or the argmax token's with that gradient ("straight_through").
   config.model.remat = False  # Recompute each generator block in the backward pass: less memory, ~1/3 more FLOPs.
@@ -34,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.encoder = ml_collections.ConfigDict()
   config.encoder.name = "gpt2"
   config.encoder.tokenizer = "gpt2"  # GPT-2's vocabulary ships with driftjax: works offline.
-  config.encoder.dtype = "float32"
+  config.encoder.dtype = "bfloat16"  # As model.dtype; features enter the field in float32 either way.
   config.encoder.remat = False  # Recompute each encoder block in the backward pass through the generated rows.
   # A random GPT-2 written to DIR/random_gpt2 instead (tests, benchmarks: speed does not depend on weights).
   config.encoder.random = ml_collections.ConfigDict()
@@ -64,7 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.positives = "data"
   config.drift.teacher_top_k = 8  # Candidate next tokens per position.
   config.drift.teacher_floor = 0.01  # Candidates below this probability weigh 0.
-  config.drift.teacher_repeat_ngram = 0  # > 0: candidates that would repeat an n-gram of the sample weigh 0.
+  # > 0: tokens that would repeat an n-gram already in the sample are masked: teacher candidates weigh 0, and
+  # continuations replace such tokens and never propose them.
+  config.drift.teacher_repeat_ngram = 0
   config.drift.teacher_repeat_window = 0  # > 0: the sample's own previous w tokens are extra negatives.
   config.drift.teacher_weight = 1.0  # Weight of the teacher loss in the sum.
   config.drift.continuation_samples = 4  # Continuations per generated sample (M): M x n_gen positives.

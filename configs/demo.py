@@ -52,6 +52,7 @@ def get_config():
   config.model.noise_dim = 64
   config.model.style_tokens = 8
   config.model.style_codebook = 16
+  config.model.dtype = config.encoder.dtype = "float32"  # The demo's figures (docs/demo.md) are float32.
   config.model.head = "vocab"  # Outputs among the token embeddings (docs/method.md section 5, docs/demo.md).
   config.model.vocab_mode = "straight_through"
 

@@ -17,6 +17,7 @@ def get_config():
   config.model.noise_dim = 32
   config.model.style_tokens = 8
   config.model.style_codebook = 16
+  config.model.dtype = config.encoder.dtype = "float32"  # Tests compare steps to 1e-5.
 
   config.encoder.name = ""  # Unused: the random encoder below is written to DIR/random_gpt2.
   config.encoder.random.enabled = True

@@ -108,7 +108,8 @@ def load_encoder_and_tokenizer(config: ml_collections.ConfigDict, workdir: str, 
     hosts.first_writes(
       "random_encoder", lambda: write_random_encoder(config, path, len(tokenizer), tokenizer.eos_token_id)
     )
-  encoder = gpt2.load_gpt2(path, dtype=jnp.dtype(config.encoder.dtype), remat=config.encoder.remat)
+  dtype = jnp.dtype(config.encoder.dtype)  # The encoder is frozen: its weights are kept in the compute dtype.
+  encoder = gpt2.load_gpt2(path, dtype=dtype, remat=config.encoder.remat, param_dtype=dtype)
   if encoder.cfg.vocab_size < len(tokenizer):
     raise ValueError(
       f"encoder {path!r} has {encoder.cfg.vocab_size} token embeddings but tokenizer "

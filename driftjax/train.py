@@ -27,6 +27,7 @@ from driftjax import build
 from driftjax import checkpoint as ckpt_lib
 from driftjax import evaluate
 from driftjax import run_config
+from driftjax import host_memory
 from driftjax import sampler as sampler_lib
 from driftjax import sharding as shard_lib
 from driftjax import train_log
@@ -53,6 +54,7 @@ class Trainer:
   init_fn: Any
   data_iter: Any
   stats: pipeline.CorpusStats
+  compiled_step: Any = dataclasses.field(default=None, repr=False)
 
   @property
   def cfg(self) -> step_lib.StepConfig:
@@ -64,6 +66,18 @@ class Trainer:
 
   def init_state(self):
     return self.init_fn(jax.random.key(self.seed))
+
+  def compile_step(self, state, batch):
+    """The step compiled for these shapes (once), after which the compiler's freed memory goes back to the OS
+    (host_memory.release_free_heap): the step's buffers then do not sit beside it."""
+    if self.compiled_step is None:
+      self.compiled_step = self.step_fn.lower(state, batch, self.enc_state).compile()
+      host_memory.release_free_heap()
+    return self.compiled_step
+
+  def step(self, state, batch):
+    """One train step (donates `state`): (new state, device metrics)."""
+    return self.compile_step(state, batch)(state, batch, self.enc_state)
 
   def next_batch(self) -> jax.Array:
     local_rows = np.asarray(next(self.data_iter), np.int32)
@@ -220,7 +234,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | None
   try:
     with _Preemption() as preemption:
       while step < total:
-        state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
+        state, metrics = trainer.step(state, trainer.next_batch())
         step += 1
         if pending is not None:
           report(*pending)

@@ -85,6 +85,10 @@ def test_bfloat16_compute_is_close(tiny):
   h16 = bf(input_ids=ids, hidden_layers=(3,))["hidden"][3]
   assert h16.dtype == jnp.bfloat16
   assert float(jnp.abs(h16.astype(jnp.float32) - h32).max() / jnp.abs(h32).max()) < 0.05
+  stored = gpt2.load_gpt2(TINY, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)  # A frozen encoder's storage.
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(stored, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+  h16_stored = stored(input_ids=ids, hidden_layers=(3,))["hidden"][3].astype(jnp.float32)
+  assert float(jnp.abs(h16_stored - h32).max() / jnp.abs(h32).max()) < 0.05  # Norms' weights rounded too.
 
 
 def test_missing_folder_and_missing_tensor_are_errors(tmp_path):

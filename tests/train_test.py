@@ -197,17 +197,17 @@ def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config()
   trainer = train.setup(config, str(tmp_path))
-  real_step = trainer.step_fn
+  real_step = trainer.step
   calls = {"n": 0}
 
-  def step_that_blows_up(state, batch, enc):
-    state, metrics = real_step(state, batch, enc)
+  def step_that_blows_up(state, batch):
+    state, metrics = real_step(state, batch)
     calls["n"] += 1
     if calls["n"] >= 5:
       metrics = dict(metrics, loss=jnp.float32(jnp.nan))
     return state, metrics
 
-  trainer.step_fn = step_that_blows_up
+  trainer.step = step_that_blows_up
   with pytest.raises(
     train.NonFiniteLossError,
     match=r"loss is nan at step 5: stopping; the last good "

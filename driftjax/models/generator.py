@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from driftjax.models import attention
+from driftjax.models import matmul
 from driftjax.models import remat as remat_lib
 
 Array = jax.Array
@@ -93,7 +94,16 @@ class ScaledRMSNorm(nnx.Module):
 
 def _dense(d_in, d_out, rngs, dtype, zero=False, use_bias=True):
   init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
-  return nnx.Linear(d_in, d_out, kernel_init=init, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+  return nnx.Linear(
+    d_in,
+    d_out,
+    kernel_init=init,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    dot_general=matmul.dot_general,
+    rngs=rngs,
+  )
 
 
 class Attention(nnx.Module):

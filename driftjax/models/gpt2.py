@@ -21,6 +21,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
 from driftjax.models import attention
+from driftjax.models import matmul
 from driftjax.models import remat as remat_lib
 
 Array = jax.Array
@@ -80,7 +81,7 @@ class Conv1D(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((d_out,)))
 
   def __call__(self, x: Array) -> Array:
-    return x @ self.weight[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+    return matmul.dense(x, self.weight[...].astype(x.dtype)) + self.bias[...].astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -233,9 +234,10 @@ _BLOCK_NAMES = {  # HF name inside h.{i} -> (module attribute, parameter).
 }
 
 
-def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False) -> GPT2:
+def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False, param_dtype=jnp.float32) -> GPT2:
   """A GPT-2 with weights from a local HF folder or a hub name; every weight must be present (remat: see
-  GPT2)."""
+  GPT2). param_dtype: the weights' storage (a frozen encoder may keep them in its compute dtype: half the
+  memory, and no cast copies in the step)."""
   path = _resolve(name_or_path)
   cfg = load_config(path)
   weights_file = os.path.join(path, "model.safetensors")
@@ -258,7 +260,7 @@ def load_gpt2(name_or_path: str, dtype=jnp.float32, remat: bool = False) -> GPT2
         f"{weights_file}: tensor {name!r} has shape {value.shape}, the config "
         f"({os.path.join(path, 'config.json')}) implies {want}"
       )
-    target.set_value(jnp.asarray(value, jnp.float32))
+    target.set_value(jnp.asarray(value, param_dtype))
 
   take("wte.weight", model.wte)
   take("wpe.weight", model.wpe)
