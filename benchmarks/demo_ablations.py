@@ -116,6 +116,31 @@ VARIANTS = {
     "drift.continuation_policy": "repair",
     "drift.continuation_kernel": "own",
   },
+  "continuation, repair, own, floor 0.05": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.teacher_floor": 0.05,
+  },
+  "continuation, repair, own, top-4, floor 0.1": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.teacher_top_k": 4,
+    "drift.teacher_floor": 0.1,
+  },
+  "continuation, repair, own, 3-gram repeat mask": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.teacher_repeat_ngram": 3,
+  },
+  "data+continuation, repair, own, continuation x3": {
+    "drift.positives": "data+continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_weight": 3.0,
+  },
   "continuation, repair, M=1": {
     "drift.positives": "continuation",
     "drift.continuation_policy": "repair",
@@ -151,9 +176,10 @@ def set_path(config, path: str, value) -> None:
   node[path.split(".")[-1]] = value
 
 
-def scores(ids: np.ndarray, trainer, evaluator=None) -> dict[str, float]:
+def scores(ids: np.ndarray, trainer, evaluator=None, reference=None) -> dict[str, float]:
   rows = decode.truncate_at_eos(ids, trainer.tokenizer.eos_token_id)
   texts = [trainer.tokenizer.decode(r) for r in rows]
+  reference = reference if reference is not None else texts
   agree = np.mean([np.bincount(ids[:, p]).max() / len(ids) for p in range(ids.shape[1])])
   return {
     "gen_ppl": text_metrics.gen_ppl(trainer.encoder, trainer.tokenizer, texts),
@@ -163,6 +189,8 @@ def scores(ids: np.ndarray, trainer, evaluator=None) -> dict[str, float]:
     "grammatical_rate": float(np.mean([synthetic.grammatical_rate(t) for t in texts])),
     "distinct_2": text_metrics.distinct_n(rows, 2),
     "agree": float(agree),
+    # The grammar's choices (character, name, place, ...) against held-out stories' (issue 14's coverage).
+    "coverage_tv": synthetic.coverage_tv(texts, reference),
   }
 
 
@@ -234,7 +262,7 @@ def main():
   print(f"{args.kind}, {args.steps} steps, {jax.devices()[0].device_kind}, evaluator {evaluator and eval_dir}")
   print(
     "| variant | gen_ppl | eval_ppl | grammatical_rate | distinct_2 | agree | dup_adjacent | head_top_p | "
-    "eff_positives | cont_changed | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "eff_positives | cont_changed | coverage_tv | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
   )
   first = None
   for name in names:
@@ -245,12 +273,15 @@ def main():
         set_path(config, path, value)
     config.train.eval_every = 0
     trainer = train.setup(config, args.workdir)
-    if first is None:  # The data row: held-out stories, the same way.
+    eos = trainer.tokenizer.eos_token_id
+    if first is None:  # The data row: held-out stories, the same way (coverage against other held-out ones).
       first = trainer
-      r = scores(build.corpus(config).heldout_rows(trainer.tokenizer, 64), trainer, evaluator)
+      heldout = build.corpus(config).heldout_rows(trainer.tokenizer, 128)
+      reference = [trainer.tokenizer.decode(r) for r in decode.truncate_at_eos(heldout[64:], eos)]
+      r = scores(heldout[:64], trainer, evaluator, reference)
       print(
         f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
-        f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | | | | |",
+        f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | | | | {r['coverage_tv']:.3f} | |",
         flush=True,
       )
     t0 = time.time()
@@ -258,13 +289,13 @@ def main():
       ids, metrics = run_particles(trainer, args.steps, queue=probe.get("probe.queue", 0))
     else:
       ids, metrics = run_generator(trainer, args.steps)
-    r = scores(ids, trainer, evaluator)
+    r = scores(ids, trainer, evaluator, reference)
     top_p, eff = metrics.get("diag/head_top_p_median", float("nan")), metrics.get("diag/eff_positives", float("nan"))
     changed = metrics.get("diag/cont_changed", float("nan"))
     print(
       f"| {name} | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
       f"{r['distinct_2']:.3f} | {r['agree']:.3f} | {r['dup_adjacent']:.3f} | {top_p:.2f} | {eff:.2f} | "
-      f"{changed:.3f} | {time.time() - t0:.0f} |",
+      f"{changed:.3f} | {r['coverage_tv']:.3f} | {time.time() - t0:.0f} |",
       flush=True,
     )
     for row in decode.truncate_at_eos(ids[: args.show], trainer.tokenizer.eos_token_id):

@@ -228,7 +228,13 @@ def generated_loss(
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
     else:
       cont, _ = kv_decode.continue_samples(
-        encoder, key, own, top_k=cfg.teacher_top_k, floor=cfg.teacher_floor, policy=cfg.continuation_policy
+        encoder,
+        key,
+        own,
+        top_k=cfg.teacher_top_k,
+        floor=cfg.teacher_floor,
+        policy=cfg.continuation_policy,
+        repeat_ngram=cfg.teacher_repeat_ngram,
       )
     cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
     if cfg.continuation_kernel == "own":

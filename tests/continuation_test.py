@@ -105,3 +105,41 @@ def test_rows_end_at_their_first_end_of_text(lm):
 def test_bad_policy_is_an_error(lm):
   with pytest.raises(ValueError, match="policy"):
     kv_decode.continue_samples(lm, jax.random.key(0), _rows(lm), top_k=3, floor=0.0, policy="resample")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_incremental_repeat_check_matches_the_whole_row_mask(n):
+  """kv_decode.ngram_repeats at each position (tokens after it unknown) = teacher.repeat_mask on the whole row."""
+  from driftjax.drift import teacher
+
+  ids = jax.random.randint(jax.random.key(n), (5, 12), 0, 3)  # 3 tokens: repeats everywhere.
+  cand = jax.random.randint(jax.random.key(n + 1), (5, 12, 4), 0, 3)
+  want = np.asarray(teacher.repeat_mask(ids, cand, n))
+  for t in range(12):
+    hist = jnp.where(jnp.arange(12) < t, ids, -1)
+    got = np.asarray(kv_decode.ngram_repeats(hist, jnp.int32(t), cand[:, t], n))
+    np.testing.assert_array_equal(got, want[:, t], err_msg=f"position {t}")
+
+
+def test_repair_with_repeat_mask_removes_repeated_bigrams_only(lm):
+  """Every token acceptable (top_k = vocab, no floor): the repair keeps the row, except that with
+  repeat_ngram=2 each token that would repeat a bigram of the new row is replaced by one that does not."""
+  from driftjax.drift import teacher
+
+  ids = jnp.asarray(np.tile([[3, 5, 3, 5, 3, 5, 7, 8, 7, 8]], (4, 1)))
+  kw = {"top_k": VOCAB, "floor": 0.0, "policy": "repair"}
+  same, _ = kv_decode.continue_samples(lm, jax.random.key(0), ids, **kw)
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(ids))
+  out, first = kv_decode.continue_samples(lm, jax.random.key(0), ids, repeat_ngram=2, **kw)
+  out = np.asarray(out)
+  live = np.cumsum(out == EOS, 1) == 0  # Before the row's first end-of-text (then padding, which repeats).
+  repeats = np.asarray(teacher.repeat_mask(jnp.asarray(out), jnp.asarray(out)[..., None], 2))[..., 0]
+  assert not (repeats & live).any()
+  # Positions 0-2 start no repeat ("3 5 3"); position 3 would repeat "3 5": replaced there first.
+  np.testing.assert_array_equal(out[:, :3], np.asarray(ids)[:, :3])
+  assert (out[:, 3] != 5).all() and (np.asarray(first) == 3).all()
+  # Where the new row's token is the old one, it repeats no bigram; where it differs, the old one would have.
+  for b in range(len(out)):
+    for t in range(1, int(live[b].sum())):
+      old_repeats = any(out[b, s - 1] == out[b, t - 1] and out[b, s] == ids[b, t] for s in range(1, t))
+      assert (out[b, t] != ids[b, t]) == old_repeats, (b, t)

@@ -200,6 +200,22 @@ def _sample_ar(graphdef, state, key, temperature, *, batch, length, start, block
   return tokens.T
 
 
+def ngram_repeats(hist: Array, pos: Array, cand: Array, n: int) -> Array:
+  """Which candidate tokens (B, C) for position pos would repeat an n-gram of the row so far (B, C) bool.
+
+  hist: the rows' tokens (B, L), those at pos and after unused. Candidate c repeats when the n-gram
+  hist[pos-n+1 .. pos-1] + [c] already ends at some s < pos (n = 1: c occurs before pos); the incremental form
+  of driftjax.drift.teacher.repeat_mask.
+  """
+  s = jnp.arange(hist.shape[1])
+  match = jnp.broadcast_to((s < pos) & (s >= n - 1), hist.shape)
+  for j in range(1, n):
+    before_s = jnp.roll(hist, j, axis=1)  # before_s[:, s] = hist[:, s - j] (wrapped entries have s < j <= n - 1).
+    before_pos = jax.lax.dynamic_index_in_dim(hist, jnp.maximum(pos - j, 0), axis=1)  # (B, 1)
+    match = match & (before_s == before_pos)
+  return jnp.any(match[:, :, None] & (hist[:, :, None] == cand[:, None, :]), axis=1)
+
+
 def continue_samples(
   model: gpt2.GPT2,
   key: Array,
@@ -209,6 +225,7 @@ def continue_samples(
   floor: float,
   policy: str = "continue",
   temperature: float = 1.0,
+  repeat_ngram: int = 0,
   block: int = 64,
 ) -> tuple[Array, Array]:
   """The LM's continuations of given token rows (B, L), one pass with a KV cache (issue 14, docs/demo.md).
@@ -218,8 +235,10 @@ def continue_samples(
   probability >= floor); otherwise the LM samples the token there (from its top_k tokens above the floor,
   renormalized, at `temperature`). policy "continue": after the first replaced position every later token is
   sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
-  (each position conditioned on the repaired tokens before it). After a row's first end-of-text every token is
-  end-of-text (padding, as in real rows). Call it under jit (the training step does).
+  (each position conditioned on the repaired tokens before it). repeat_ngram n > 0: a token that would repeat
+  an n-gram already in the new row (ngram_repeats) is neither acceptable nor a candidate (the top candidate is
+  still taken when every one repeats). After a row's first end-of-text every token is end-of-text (padding, as
+  in real rows). Call it under jit (the training step does).
 
   Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was.
   """
@@ -233,23 +252,29 @@ def continue_samples(
   k = min(top_k, cfg.vocab_size)
 
   def choose(logits, pos, carry, own):
-    diverged, ended = carry
+    diverged, ended, hist = carry
     probs = jax.nn.softmax(logits, axis=-1)
     top_p, top_ids = jax.lax.top_k(probs, k)
     ok = top_p >= floor
     acceptable = jnp.any(ok & (top_ids == own[:, None]), axis=-1)
-    # Sample among the acceptable candidates (the top one when none clears the floor).
-    ok = ok.at[:, 0].set(True)
+    if repeat_ngram > 0:
+      banned = ngram_repeats(hist, pos, jnp.concatenate([own[:, None], top_ids], 1), repeat_ngram)
+      acceptable, ok = acceptable & ~banned[:, 0], ok & ~banned[:, 1:]
+    # Sample among the acceptable candidates (the top one when none is left).
+    ok = ok.at[:, 0].set(ok[:, 0] | ~jnp.any(ok, -1))
     scores = jnp.where(ok, jnp.log(jnp.maximum(top_p, 1e-30)) / temperature, -jnp.inf)
     pick = jax.random.categorical(jax.random.fold_in(key, pos), scores, axis=-1)
     sampled = jnp.take_along_axis(top_ids, pick[:, None], -1)[:, 0]
     keep = acceptable & (~diverged if policy == "continue" else True)
     nxt = jnp.where(ended, eos, jnp.where(keep, own, sampled)).astype(jnp.int32)
     replaced = ~keep & ~ended
-    return nxt, (diverged | replaced, ended | (nxt == eos)), (nxt, replaced)
+    if repeat_ngram > 0:
+      hist = jax.lax.dynamic_update_index_in_dim(hist, nxt, pos, axis=1)
+    return nxt, (diverged | replaced, ended | (nxt == eos), hist), (nxt, replaced)
 
   first = jnp.full((b,), eos, jnp.int32)
-  carry = (jnp.zeros((b,), bool), jnp.zeros((b,), bool))
+  hist = jnp.full((b, length), -1, jnp.int32) if repeat_ngram > 0 else None  # The new rows so far.
+  carry = (jnp.zeros((b,), bool), jnp.zeros((b,), bool), hist)
   _, (tokens, replaced) = decode_loop(model, first, length, choose, carry, ids.T.astype(jnp.int32), block)
   first_replaced = jnp.where(jnp.any(replaced, 0), jnp.argmax(replaced, 0), length)
   return tokens.T, first_replaced
