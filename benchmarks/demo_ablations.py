@@ -135,6 +135,12 @@ VARIANTS = {
     "drift.continuation_kernel": "own",
     "drift.teacher_repeat_ngram": 3,
   },
+  "continuation, repair, own, M=1": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_samples": 1,
+  },
   "data+continuation, repair, own, continuation x3": {
     "drift.positives": "data+continuation",
     "drift.continuation_policy": "repair",
