@@ -26,8 +26,8 @@ from flax import nnx
 from driftjax import build
 from driftjax import checkpoint as ckpt_lib
 from driftjax import evaluate
-from driftjax import run_config
 from driftjax import host_memory
+from driftjax import run_config
 from driftjax import sampler as sampler_lib
 from driftjax import sharding as shard_lib
 from driftjax import train_log
