@@ -147,6 +147,13 @@ VARIANTS = {
     "drift.continuation_kernel": "own",
     "drift.continuation_weight": 3.0,
   },
+  "data+continuation, repair, own, continuation x3, queue 256": {
+    "drift.positives": "data+continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_weight": 3.0,
+    "data.queue_size": 256,
+  },
   "continuation, repair, M=1": {
     "drift.positives": "continuation",
     "drift.continuation_policy": "repair",
