@@ -7,15 +7,16 @@ Each config runs in its own subprocess (so that its peak resident memory is its 
 the config's architecture as the encoder (no weights needed; the compute is the same). The default config runs
 at a reduced batch (groups=1, n_gen=n_pos=--default_batch) so that it fits this CPU. Achieved FLOP/s come from
 XLA's cost analysis of the compiled step; the peaks are a large float32 matmul and a bfloat16 one accumulated in
-float32, measured in the same run (mfu_f32, mfu_bf16). Each config is measured in --runs separate processes (the peaks --runs times too); the table holds the
-median over runs of each figure (a run's step time is itself the median of --steps steps) and the range of the
-step times. --remat=on sets model.remat and encoder.remat (both: one row each way); --chunk=N sets train.chunk
-(the step in chunks of N rows: the default config at 64 + 64 needs it on a 24 GiB machine); --seq_lens runs each
-config at these model.seq_len (generator and encoder sizes fixed); --dtypes at these compute dtypes (model.dtype
-and encoder.dtype; bfloat16 products accumulate in float32, driftjax/models/matmul.py). A row's config column names the variant
-(default, default-remat, default-chunk8, ...); column 3 is step_s (the side-by-side script with the earlier port
-reads it from the last "default |" row). field_s is the field alone (forward + backward of every key's drift loss, on
-random features of the step's shapes, jitted and timed after the steps), field_share its share of step_s.
+float32, measured in the same run (mfu_f32, mfu_bf16). Each config is measured in --runs separate processes (the peaks
+--runs times too); the table holds the median over runs of each figure (a run's step time is itself the median of
+--steps steps) and the range of the step times. --remat=on sets model.remat and encoder.remat (both: one row each way);
+--chunk=N sets train.chunk (the step in chunks of N rows: the default config at 64 + 64 needs it on a 24 GiB machine);
+--seq_lens runs each config at these model.seq_len (generator and encoder sizes fixed); --dtypes at these compute dtypes
+(model.dtype and encoder.dtype; bfloat16 products accumulate in float32, driftjax/models/matmul.py). A row's config
+column names the variant (default, default-float32, default-remat, default-chunk8, ...); column 3 is step_s (the
+side-by-side script with the earlier port reads it from the last "default |" row). field_s is the field alone (forward +
+backward of every key's drift loss, on random features of the step's shapes, jitted and timed after the steps),
+field_share its share of step_s.
 MFU counts XLA's FLOPs of the step without chunking (compiled, not run: XLA counts a loop's body once, so the
 chunked step's own count is not its work). Prints the table, then the default config's MFU last.
 measure_config() is shared with benchmarks/device_check.py.
