@@ -132,6 +132,25 @@ def test_no_nan_with_duplicates_and_zero_distances(softmax):
   chex.assert_tree_all_finite(jax.grad(lambda a: field.drift_loss(a, same, config=cfg)[0])(same))
 
 
+@pytest.mark.parametrize("softmax", field.SOFTMAX_MODES)
+def test_a_zero_weight_column_far_nearer_than_the_others_changes_nothing(softmax):
+  """A weight-0 column on the generated point (the own kernel's masked self, an empty queue slot) in a group whose
+  weighted columns are all far, at the scale (shared by all groups) of groups whose columns are near: at the
+  sharpest temperature its kernel entry was exp(hundreds) = inf, and inf * 0 = NaN (found in session 7: a
+  generator's parameters turned NaN mid-run). It must act as absent."""
+  x = _normal(0, (8, 1, 16))
+  offset = jnp.array([0.01] * 7 + [10.0])[:, None, None]  # Groups 0-6: near columns; group 7: far ones.
+  pos, neg = x + offset * _normal(1, (8, 1, 16)), x + offset * _normal(2, (8, 3, 16))
+  cfg = field.FieldConfig(softmax=softmax, include_generated_negatives=False)
+  with_masked, _ = field.drift_field(
+    x, pos, jnp.concatenate([neg, x], 1), neg_weights=jnp.array([[1.0, 1.0, 1.0, 0.0]] * 8), config=cfg
+  )
+  without, _ = field.drift_field(x, pos, neg, config=cfg)
+  chex.assert_tree_all_finite(with_masked)
+  # The scale (a weighted mean of distances) ignores the column too, so the two fields are the same.
+  chex.assert_trees_all_close(with_masked, without, atol=1e-5)
+
+
 def test_self_mask_excludes_self_interaction():
   x, pos = _normal(0, (1, 6, 2)), _normal(1, (1, 8, 2), 0.5)
   v, _ = _field(x, pos)

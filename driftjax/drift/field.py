@@ -112,13 +112,17 @@ def _kernel(logits: Array, log_w: Array, n_neg: int, mode: str) -> tuple[Array, 
   w = jnp.exp(log_w)[:, None, :]
   log_cols = logits - jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
   if mode == "cols":
-    a = jnp.exp(log_cols) * w
+    a = jnp.exp(log_cols)
   else:
     log_rows = jax.nn.log_softmax(logits, axis=-2)
     if mode == "double":
-      a = jnp.exp(0.5 * (log_cols + log_rows)) * w
+      a = jnp.exp(0.5 * (log_cols + log_rows))
     else:  # double_floor: the authors' public code clips the product before the sqrt.
-      a = jnp.sqrt(jnp.maximum(jnp.exp(log_cols + log_rows), 1e-6)) * w
+      a = jnp.sqrt(jnp.maximum(jnp.exp(log_cols + log_rows), 1e-6))
+  # A column of weight 0 is left out of the column normalizer, so one much nearer than every weighted column
+  # (a sample's own masked column, an empty queue slot) has log_cols in the hundreds: exp overflows to inf, and
+  # inf * 0 would be NaN. Its weight is 0 whatever the kernel says.
+  a = jnp.where(w > 0, a * w, 0.0)
   a_neg, a_pos = a[..., :n_neg], a[..., n_neg:]
   # Cross-weighting: attraction is scaled by the total repulsion of the row and vice versa.
   w_pos = a_pos * jnp.sum(a_neg, -1, keepdims=True)
