@@ -154,6 +154,40 @@ VARIANTS = {
     "drift.continuation_weight": 3.0,
     "data.queue_size": 256,
   },
+  # Noise-coupled continuations (session 7): the LM's draws for a sample are the inverse CDF at uniforms from the
+  # sample's own generator noise, so each sample's positive is a function of its noise (M copies of one row).
+  "ancestral, noise-coupled, own": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "ancestral",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_coupling": "noise",
+  },
+  "ancestral, noise-coupled, own, M=1": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "ancestral",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_coupling": "noise",
+    "drift.continuation_samples": 1,
+  },
+  "repair, noise-coupled, own": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_coupling": "noise",
+  },
+  # The per-position teacher loss beside the repairs: its negatives are the batch's tokens at each position, so
+  # samples that agree are pushed apart toward the LM's other likely tokens after their own prefix.
+  "teacher+continuation, repair, own": {
+    "drift.positives": "teacher+continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+  },
+  "teacher+continuation, repair, own, teacher x0.3": {
+    "drift.positives": "teacher+continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.teacher_weight": 0.3,
+  },
   "continuation, repair, M=1": {
     "drift.positives": "continuation",
     "drift.continuation_policy": "repair",

@@ -76,12 +76,17 @@ def get_config() -> ml_collections.ConfigDict:
   # "continue": the sample's tokens up to the first the LM finds unlikely (not in its top teacher_top_k with
   # probability >= teacher_floor), then the LM's samples; "repair": each unlikely token replaced, the rest kept
   # (both a sequential, KV-cached pass of the LM); "resample": "repair" in one parallel pass, each position
-  # conditioned on the sample's own tokens before it (faster; later tokens do not see earlier repairs).
+  # conditioned on the sample's own tokens before it (faster; later tokens do not see earlier repairs);
+  # "ancestral": none of the sample's tokens kept (the LM's own sample, among the same candidates).
   config.drift.continuation_policy = "continue"
   config.drift.continuation_weight = 1.0  # Weight of the continuation loss in the sum.
   # "batch": all the group's continuations are positives of each sample (the data loss's kernel); "own": each
   # sample is drawn only to its own M continuations and repelled by the group's other samples.
   config.drift.continuation_kernel = "batch"
+  # "noise": the LM's draws for a sample are the inverse CDF at the uniforms Phi(noise[:, t, 0]) of the sample's
+  # own generator noise, so its continuation is a function of its noise (ancestral + noise: the generator learns
+  # the LM's sampling map from noise to story); "none": independent draws.
+  config.drift.continuation_coupling = "none"
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -48,6 +48,7 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     continuation_policy=config.drift.get("continuation_policy", "continue"),
     continuation_weight=config.drift.get("continuation_weight", 1.0),
     continuation_kernel=config.drift.get("continuation_kernel", "batch"),
+    continuation_coupling=config.drift.get("continuation_coupling", "none"),
     chunk=config.train.get("chunk", 0),
   )
 

@@ -30,7 +30,8 @@ from driftjax.models import kv_decode
 Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
 POSITIVE_PARTS = ("data", "teacher", "continuation")  # drift.positives: one or several joined by "+".
-CONTINUATION_POLICIES = ("continue", "repair", "resample")
+CONTINUATION_POLICIES = ("continue", "repair", "resample", "ancestral")
+CONTINUATION_COUPLINGS = ("none", "noise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +59,18 @@ class StepConfig:
   teacher_weight: float = 1.0
   # Continuations: M per sample; "continue" samples every token after the first unlikely one, "repair" keeps
   # each of the sample's tokens that the LM finds likely (teacher_top_k / teacher_floor say which are), both
-  # sequentially (KV-cached); "resample" replaces each unlikely token given the sample's own prefix (one pass).
+  # sequentially (KV-cached); "resample" replaces each unlikely token given the sample's own prefix (one pass);
+  # "ancestral" keeps none (the LM's own sample).
   continuation_samples: int = 4
   continuation_policy: str = "continue"
   continuation_weight: float = 1.0
   # "batch": the group's continuations are positives of every sample in it (the data loss's kernel); "own": each
   # sample's field reaches only its own continuations, the group's other samples repel it.
   continuation_kernel: str = "batch"
+  # "noise": the LM's draws for a sample come from the sample's own generator noise (the uniform Phi(noise[b, t, 0])
+  # at position t), so its continuation is a function of its noise and the M continuations are one (M copies);
+  # "none": independent draws.
+  continuation_coupling: str = "none"
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
 
@@ -78,6 +84,12 @@ class StepConfig:
       raise ValueError(
         f"drift.continuation_policy={self.continuation_policy!r}; expected one of {CONTINUATION_POLICIES}"
       )
+    if self.continuation_coupling not in CONTINUATION_COUPLINGS:
+      raise ValueError(
+        f"drift.continuation_coupling={self.continuation_coupling!r}; expected one of {CONTINUATION_COUPLINGS}"
+      )
+    if self.continuation_coupling == "noise" and self.continuation_policy == "resample":
+      raise ValueError("drift.continuation_coupling='noise' needs a sequential policy (continue, repair, ancestral)")
     if self.continuation_kernel not in ("batch", "own"):
       raise ValueError(f"drift.continuation_kernel={self.continuation_kernel!r}; expected batch or own")
     if self.uses_continuation and self.continuation_samples < 1:
@@ -187,12 +199,14 @@ def generated_loss(
   cfg: StepConfig,
   queue_ids: Array | None = None,
   key: Array | None = None,
+  noise: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The drift loss of generator outputs out (B, L, V or D) and the metrics to watch.
 
   pos_feats / pos_w: the real positives' pooled features and weights (used when cfg.uses_data);
   queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss;
-  key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation).
+  key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation);
+  noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise").
   """
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
   emb = gen_lib.to_embeddings(out, table, cfg.gen)
@@ -224,18 +238,21 @@ def generated_loss(
       raise ValueError("continuation positives need a PRNG key")
     m = cfg.continuation_samples
     own = jnp.repeat(ids, m, axis=0)  # Each sample's M positives stay in its group (group-major rows).
+    kw = dict(
+      top_k=cfg.teacher_top_k,
+      floor=cfg.teacher_floor,
+      policy=cfg.continuation_policy,
+      repeat_ngram=cfg.teacher_repeat_ngram,
+    )
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
+    elif cfg.continuation_coupling == "noise":
+      if noise is None:
+        raise ValueError("continuation_coupling='noise' needs the generator's noise")
+      uniforms = jnp.clip(jax.scipy.stats.norm.cdf(noise[..., 0].astype(jnp.float32)), 0.0, 1.0 - 1e-7)
+      cont = jnp.repeat(kv_decode.continue_samples(encoder, key, ids, uniforms=uniforms, **kw)[0], m, axis=0)
     else:
-      cont, _ = kv_decode.continue_samples(
-        encoder,
-        key,
-        own,
-        top_k=cfg.teacher_top_k,
-        floor=cfg.teacher_floor,
-        policy=cfg.continuation_policy,
-        repeat_ngram=cfg.teacher_repeat_ngram,
-      )
+      cont, _ = kv_decode.continue_samples(encoder, key, own, **kw)
     cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
     if cfg.continuation_kernel == "own":
       c_loss, c_metrics = losses_lib.own_positive_losses(gen_feats, cont_feats, cfg.groups, cfg.field)
@@ -349,7 +366,7 @@ def train_step(
 
     def loss_fn(params):
       out = nnx.merge(graphdef, params)(noise, style)
-      return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=jax.random.fold_in(step_key, 1))
+      return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=jax.random.fold_in(step_key, 1), noise=noise)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -143,3 +143,42 @@ def test_repair_with_repeat_mask_removes_repeated_bigrams_only(lm):
     for t in range(1, int(live[b].sum())):
       old_repeats = any(out[b, s - 1] == out[b, t - 1] and out[b, s] == ids[b, t] for s in range(1, t))
       assert (out[b, t] != ids[b, t]) == old_repeats, (b, t)
+
+
+def test_inverse_cdf_pick_lays_candidates_in_token_id_order():
+  """Candidates 5, 2, 9 (and a masked 1) with probabilities 0.5, 0.3, 0.2: in id order 2 | 5 | 9 cover
+  [0, 0.3) | [0.3, 0.8) | [0.8, 1); the masked candidate is never chosen, not even at u = 0."""
+  ids = jnp.asarray([[5, 2, 9, 1]] * 5)
+  scores = jnp.log(jnp.asarray([[0.5, 0.3, 0.2, 0.0]] * 5))
+  u = jnp.asarray([0.0, 0.29, 0.31, 0.79, 0.999])
+  pick = np.asarray(kv_decode._inverse_cdf_pick(scores, ids, u))
+  np.testing.assert_array_equal(np.asarray(ids)[np.arange(5), pick], [2, 2, 5, 5, 9])
+
+
+def test_noise_coupled_ancestral_rows_are_the_lms_inverse_cdf_draws(lm):
+  """policy="ancestral" with uniforms: the rows ignore the given tokens and depend only on the uniforms; each token
+  is the inverse CDF at its uniform over the LM's candidates (top 3 above 0.05, renormalized) in token-id order,
+  after the row's own prefix (full forward, no cache)."""
+  u = jax.random.uniform(jax.random.key(7), (6, LENGTH))
+  kw = {"top_k": 3, "floor": 0.05, "policy": "ancestral", "uniforms": u}
+  out, first = kv_decode.continue_samples(lm, jax.random.key(0), _rows(lm, seed=1), **kw)
+  other, _ = kv_decode.continue_samples(lm, jax.random.key(99), _rows(lm, seed=2), **kw)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(other))  # Neither the rows nor the key matter.
+  np.testing.assert_array_equal(np.asarray(first), 0)
+  out, u = np.asarray(out), np.asarray(u)
+  ok, probs = _acceptable(lm, jnp.asarray(out), 3, 0.05)
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0
+  for b in range(out.shape[0]):
+    for t in range(LENGTH):
+      if ended[b, t]:
+        continue
+      p = np.where(ok[b, t], probs[b, t], 0.0)
+      cum = np.cumsum(p / p.sum())  # Token-id order is the vocabulary's order.
+      assert out[b, t] == np.searchsorted(cum, u[b, t], side="right"), (b, t)
+  shifted, _ = kv_decode.continue_samples(lm, jax.random.key(0), _rows(lm), **{**kw, "uniforms": (u + 0.5) % 1.0})
+  assert (np.asarray(shifted) != out).any()
+
+
+def test_uniforms_of_the_wrong_shape_are_an_error(lm):
+  with pytest.raises(ValueError, match="uniforms"):
+    kv_decode.continue_samples(lm, jax.random.key(0), _rows(lm), top_k=3, floor=0.0, uniforms=jnp.zeros((2, 3)))

@@ -51,9 +51,19 @@ def test_positive_settings_are_checked():
     ("positives", "data+queue", "positives"),
     ("continuation_policy", "greedy", "continuation_policy"),
     ("continuation_kernel", "pooled", "continuation_kernel"),
+    ("continuation_coupling", "pairs", "continuation_coupling"),
   ):
     config = tiny_config()
     config.drift.positives = "data+continuation"
     config.drift[key] = value
     with pytest.raises(ValueError, match=match):
       train_state.step_config(config, 64, 100)
+
+
+def test_noise_coupling_needs_a_sequential_policy():
+  config = tiny_config()
+  config.drift.positives = "continuation"
+  config.drift.continuation_coupling = "noise"
+  config.drift.continuation_policy = "resample"
+  with pytest.raises(ValueError, match="sequential policy"):
+    train_state.step_config(config, 64, 100)

@@ -91,16 +91,18 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     ("teacher", ""),
     ("data+continuation", "continue"),
     ("data+teacher+continuation", "resample"),
+    ("continuation", "ancestral"),  # With draws coupled to the generator's noise.
   ):
     config = tiny_config()
     config.model.head = "vocab"
     config.model.vocab_mode = "straight_through"
     config.drift.positives = positives
     config.drift.continuation_policy = policy or "continue"
+    config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
     config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
     config.drift.teacher_repeat_ngram = 2
     config.drift.teacher_repeat_window = 2
-    trainer = train.setup(config, str(tmp_path / positives.replace("+", "_")))
+    trainer = train.setup(config, str(tmp_path / f"{positives.replace('+', '_')}_{policy}"))
     state = trainer.init_state()
     state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)  # The one compilation.
     compiles = []

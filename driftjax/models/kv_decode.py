@@ -216,6 +216,17 @@ def ngram_repeats(hist: Array, pos: Array, cand: Array, n: int) -> Array:
   return jnp.any(match[:, :, None] & (hist[:, :, None] == cand[:, None, :]), axis=1)
 
 
+def _inverse_cdf_pick(scores: Array, ids: Array, u: Array) -> Array:
+  """Index (B,) into the candidates whose interval holds u (B,) when the candidates' probabilities softmax(scores)
+  (B, C), -inf for none, are laid end to end in the order of their token ids (B, C)."""
+  order = jnp.argsort(ids, axis=-1)
+  p = jax.nn.softmax(jnp.take_along_axis(scores, order, -1), axis=-1)
+  cum = jnp.cumsum(p, -1)
+  idx = jnp.sum(cum < (u * cum[:, -1])[:, None], -1)
+  idx = jnp.maximum(idx, jnp.argmax(p > 0, -1))  # u = 0 still picks a candidate with probability > 0.
+  return jnp.take_along_axis(order, idx[:, None], -1)[:, 0]
+
+
 def continue_samples(
   model: gpt2.GPT2,
   key: Array,
@@ -226,6 +237,7 @@ def continue_samples(
   policy: str = "continue",
   temperature: float = 1.0,
   repeat_ngram: int = 0,
+  uniforms: Array | None = None,
   block: int = 64,
 ) -> tuple[Array, Array]:
   """The LM's continuations of given token rows (B, L), one pass with a KV cache (issue 14, docs/demo.md).
@@ -235,23 +247,30 @@ def continue_samples(
   probability >= floor); otherwise the LM samples the token there (from its top_k tokens above the floor,
   renormalized, at `temperature`). policy "continue": after the first replaced position every later token is
   sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
-  (each position conditioned on the repaired tokens before it). repeat_ngram n > 0: a token that would repeat
+  (each position conditioned on the repaired tokens before it); "ancestral": no token of the row is kept (the LM's
+  own sample from the start token, among the same candidates). repeat_ngram n > 0: a token that would repeat
   an n-gram already in the new row (ngram_repeats) is neither acceptable nor a candidate (the top candidate is
   still taken when every one repeats). After a row's first end-of-text every token is end-of-text (padding, as
-  in real rows). Call it under jit (the training step does).
+  in real rows). uniforms (B, L) in [0, 1): the LM's draw at position t of row b is then the inverse CDF at
+  uniforms[b, t] over the candidates in token-id order (a coupling: the draws are a function of the uniforms, and a
+  small change of the LM's probabilities rarely changes them); otherwise draws use `key`. Call it under jit (the
+  training step does).
 
   Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was.
   """
-  if policy not in ("continue", "repair"):
-    raise ValueError(f"policy={policy!r}; expected continue or repair")
+  if policy not in ("continue", "repair", "ancestral"):
+    raise ValueError(f"policy={policy!r}; expected continue, repair or ancestral")
   cfg = model.cfg
   b, length = ids.shape
   if length > cfg.n_positions:
     raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
+  if uniforms is not None and uniforms.shape != ids.shape:
+    raise ValueError(f"uniforms must be shaped like the rows {ids.shape}, got {uniforms.shape}")
   eos = cfg.eos_token_id
   k = min(top_k, cfg.vocab_size)
 
-  def choose(logits, pos, carry, own):
+  def choose(logits, pos, carry, row):
+    own, u = row
     diverged, ended, hist = carry
     probs = jax.nn.softmax(logits, axis=-1)
     top_p, top_ids = jax.lax.top_k(probs, k)
@@ -263,9 +282,12 @@ def continue_samples(
     # Sample among the acceptable candidates (the top one when none is left).
     ok = ok.at[:, 0].set(ok[:, 0] | ~jnp.any(ok, -1))
     scores = jnp.where(ok, jnp.log(jnp.maximum(top_p, 1e-30)) / temperature, -jnp.inf)
-    pick = jax.random.categorical(jax.random.fold_in(key, pos), scores, axis=-1)
+    if u is None:
+      pick = jax.random.categorical(jax.random.fold_in(key, pos), scores, axis=-1)
+    else:
+      pick = _inverse_cdf_pick(scores, top_ids, u)
     sampled = jnp.take_along_axis(top_ids, pick[:, None], -1)[:, 0]
-    keep = acceptable & (~diverged if policy == "continue" else True)
+    keep = {"continue": acceptable & ~diverged, "repair": acceptable, "ancestral": jnp.zeros_like(acceptable)}[policy]
     nxt = jnp.where(ended, eos, jnp.where(keep, own, sampled)).astype(jnp.int32)
     replaced = ~keep & ~ended
     if repeat_ngram > 0:
@@ -275,6 +297,7 @@ def continue_samples(
   first = jnp.full((b,), eos, jnp.int32)
   hist = jnp.full((b, length), -1, jnp.int32) if repeat_ngram > 0 else None  # The new rows so far.
   carry = (jnp.zeros((b,), bool), jnp.zeros((b,), bool), hist)
-  _, (tokens, replaced) = decode_loop(model, first, length, choose, carry, ids.T.astype(jnp.int32), block)
+  xs = (ids.T.astype(jnp.int32), None if uniforms is None else uniforms.T.astype(jnp.float32))
+  _, (tokens, replaced) = decode_loop(model, first, length, choose, carry, xs, block)
   first_replaced = jnp.where(jnp.any(replaced, 0), jnp.argmax(replaced, 0), length)
   return tokens.T, first_replaced
