@@ -141,6 +141,12 @@ VARIANTS = {
     "drift.continuation_kernel": "own",
     "drift.continuation_samples": 1,
   },
+  "continuation, repair, own, M=8": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_samples": 8,
+  },
   "data+continuation, repair, own, continuation x3": {
     "drift.positives": "data+continuation",
     "drift.continuation_policy": "repair",
@@ -187,6 +193,25 @@ VARIANTS = {
     "drift.continuation_policy": "repair",
     "drift.continuation_kernel": "own",
     "drift.teacher_weight": 0.3,
+  },
+  "teacher+continuation, repair, own, M=8": {
+    "drift.positives": "teacher+continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "drift.continuation_samples": 8,
+  },
+  # Seed 1 (the generator's initialization, noise and the LM's draws): the spread of one 600-step run.
+  "continuation, repair, own, seed 1": {
+    "drift.positives": "continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "seed": 1,
+  },
+  "teacher+continuation, repair, own, seed 1": {
+    "drift.positives": "teacher+continuation",
+    "drift.continuation_policy": "repair",
+    "drift.continuation_kernel": "own",
+    "seed": 1,
   },
   "continuation, repair, M=1": {
     "drift.positives": "continuation",
