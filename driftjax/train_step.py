@@ -244,16 +244,19 @@ def generated_loss(
       policy=cfg.continuation_policy,
       repeat_ngram=cfg.teacher_repeat_ngram,
     )
+    copies = 1  # Positives per row of cont: the M positives of a noise-coupled sample are one row, M times.
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
     elif cfg.continuation_coupling == "noise":
       if noise is None:
         raise ValueError("continuation_coupling='noise' needs the generator's noise")
       uniforms = jnp.clip(jax.scipy.stats.norm.cdf(noise[..., 0].astype(jnp.float32)), 0.0, 1.0 - 1e-7)
-      cont = jnp.repeat(kv_decode.continue_samples(encoder, key, ids, uniforms=uniforms, **kw)[0], m, axis=0)
+      cont, copies = kv_decode.continue_samples(encoder, key, ids, uniforms=uniforms, **kw)[0], m
     else:
       cont, _ = kv_decode.continue_samples(encoder, key, own, **kw)
     cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
+    if copies > 1:  # The encoder reads each distinct row once; its features stand for its M copies.
+      cont_feats = {k: jnp.repeat(v, copies, axis=0) for k, v in cont_feats.items()}
     if cfg.continuation_kernel == "own":
       c_loss, c_metrics = losses_lib.own_positive_losses(gen_feats, cont_feats, cfg.groups, cfg.field)
     else:
@@ -264,7 +267,7 @@ def generated_loss(
     metrics.update({f"cont/{k}": v for k, v in c_metrics.items()})
     metrics["loss/continuation"] = c_loss
     # How much of the samples the LM would change: the share of tokens, and the first changed position.
-    changed = cont != own
+    changed = cont != (own if copies == 1 else ids)
     metrics["diag/cont_changed"] = jnp.mean(changed.astype(jnp.float32))
     first = jnp.where(jnp.any(changed, 1), jnp.argmax(changed, 1), ids.shape[1])
     metrics["diag/cont_first_changed"] = jnp.mean(first.astype(jnp.float32))
