@@ -45,6 +45,12 @@ from driftjax.models import decode  # noqa: E402
 from driftjax.models import gpt2  # noqa: E402
 
 ALL_POOLS = ("pos", "mean", "std", "win4_mean", "win16_mean")
+# The demo's positives: the LM's repairs of each sample, each sample drawn only to its own (docs/demo.md).
+REPAIR_OWN = {
+  "drift.positives": "continuation",
+  "drift.continuation_policy": "repair",
+  "drift.continuation_kernel": "own",
+}
 # name -> config overrides on top of configs/demo.py.
 VARIANTS = {
   "demo (flat kernel, straight-through)": {},
@@ -106,57 +112,40 @@ VARIANTS = {
     "drift.continuation_kernel": "own",
   },
   "data+continuation, own": {"drift.positives": "data+continuation", "drift.continuation_kernel": "own"},
-  "continuation, repair, own": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
-  },
+  "continuation, repair, own": REPAIR_OWN,
   "data+continuation, repair, own": {
+    **REPAIR_OWN,
     "drift.positives": "data+continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
   },
   "continuation, repair, own, floor 0.05": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
+    **REPAIR_OWN,
     "drift.teacher_floor": 0.05,
   },
   "continuation, repair, own, top-4, floor 0.1": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
+    **REPAIR_OWN,
     "drift.teacher_top_k": 4,
     "drift.teacher_floor": 0.1,
   },
   "continuation, repair, own, 3-gram repeat mask": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
+    **REPAIR_OWN,
     "drift.teacher_repeat_ngram": 3,
   },
   "continuation, repair, own, M=1": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
+    **REPAIR_OWN,
     "drift.continuation_samples": 1,
   },
   "continuation, repair, own, M=8": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
+    **REPAIR_OWN,
     "drift.continuation_samples": 8,
   },
   "data+continuation, repair, own, continuation x3": {
+    **REPAIR_OWN,
     "drift.positives": "data+continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
     "drift.continuation_weight": 3.0,
   },
   "data+continuation, repair, own, continuation x3, queue 256": {
+    **REPAIR_OWN,
     "drift.positives": "data+continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
     "drift.continuation_weight": 3.0,
     "data.queue_size": 256,
   },
@@ -176,41 +165,33 @@ VARIANTS = {
     "drift.continuation_samples": 1,
   },
   "repair, noise-coupled, own": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
+    **REPAIR_OWN,
     "drift.continuation_coupling": "noise",
   },
   # The per-position teacher loss beside the repairs: its negatives are the batch's tokens at each position, so
   # samples that agree are pushed apart toward the LM's other likely tokens after their own prefix.
   "teacher+continuation, repair, own": {
+    **REPAIR_OWN,
     "drift.positives": "teacher+continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
   },
   "teacher+continuation, repair, own, teacher x0.3": {
+    **REPAIR_OWN,
     "drift.positives": "teacher+continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
     "drift.teacher_weight": 0.3,
   },
   "teacher+continuation, repair, own, M=8": {
+    **REPAIR_OWN,
     "drift.positives": "teacher+continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
     "drift.continuation_samples": 8,
   },
   # Seed 1 (the generator's initialization, noise and the LM's draws): the spread of one 600-step run.
   "continuation, repair, own, seed 1": {
-    "drift.positives": "continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
+    **REPAIR_OWN,
     "seed": 1,
   },
   "teacher+continuation, repair, own, seed 1": {
+    **REPAIR_OWN,
     "drift.positives": "teacher+continuation",
-    "drift.continuation_policy": "repair",
-    "drift.continuation_kernel": "own",
     "seed": 1,
   },
   "continuation, repair, M=1": {
