@@ -124,6 +124,53 @@ def test_straight_through_feeds_tokens_and_passes_the_soft_gradient():
   assert float(jnp.abs(grad(st)).max()) > 0
 
 
+def test_linear_straight_through_feeds_tokens_and_scores_every_token_by_its_swap():
+  lin = gen.GeneratorConfig(**{**VOCAB_CFG.__dict__, "vocab_mode": "straight_through_linear"})
+  st = gen.GeneratorConfig(**{**VOCAB_CFG.__dict__, "vocab_mode": "straight_through"})
+  logits = 3.0 * jax.random.normal(jax.random.key(3), (2, 5, 10))
+  table = jax.random.normal(jax.random.key(4), (10, 24))
+  chex.assert_trees_all_close(gen.to_embeddings(logits, table, lin), table[jnp.argmax(logits, -1)], atol=1e-6)
+  target = jax.random.normal(jax.random.key(5), (2, 5, 24))  # g: the loss's gradient at each position's embedding.
+  grad = lambda cfg: jax.grad(lambda l: jnp.sum(gen.to_embeddings(l, table, cfg) * target))(logits)
+  p = jax.nn.softmax(logits, -1)
+  # d loss / d logit v = (e_v - E_p[e]) . g, whatever v's probability.
+  expected = jnp.einsum("vd,bld->blv", table, target) - jnp.einsum("blv,vd,bld->bl", p, table, target)[..., None]
+  chex.assert_trees_all_close(grad(lin), expected, atol=1e-4)
+  # The soft gradient is the same scaled by p_v: it is near 0 for unlikely tokens, the linear one is not.
+  chex.assert_trees_all_close(grad(st), p * expected, atol=1e-4)
+  unlikely = p < 1e-3
+  assert bool(unlikely.any())
+  assert float(jnp.abs(jnp.where(unlikely, grad(st), 0)).max()) < 1e-2
+  assert float(jnp.abs(jnp.where(unlikely, grad(lin), 0)).max()) > 1.0
+
+
+def test_linear_top_k_centring_and_st_temperature_shape_only_the_gradient():
+  logits = 3.0 * jax.random.normal(jax.random.key(3), (2, 5, 10))
+  table = jax.random.normal(jax.random.key(4), (10, 24))
+  target = jax.random.normal(jax.random.key(5), (2, 5, 24))
+  cfg = lambda **kw: gen.GeneratorConfig(**{**VOCAB_CFG.__dict__, **kw})
+  grad = lambda c: jax.grad(lambda l: jnp.sum(gen.to_embeddings(l, table, c) * target))(logits)
+  top3 = cfg(vocab_mode="straight_through_linear", linear_top_k=3)
+  hot = cfg(vocab_mode="straight_through", st_temperature=2.0)
+  centred = cfg(vocab_mode="straight_through_linear", linear_center=True)
+  for c in (top3, hot, centred):
+    chex.assert_trees_all_close(gen.to_embeddings(logits, table, c), table[jnp.argmax(logits, -1)], atol=1e-6)
+  # Top-k: the linear gradient on the head's 3 likeliest tokens, 0 elsewhere.
+  in_top = logits >= jax.lax.top_k(logits, 3)[0][..., -1:]
+  full = grad(cfg(vocab_mode="straight_through_linear"))
+  chex.assert_trees_all_close(grad(top3), jnp.where(in_top, full, 0.0), atol=1e-5)
+  # Centred: each token's gradient minus its mean over the samples and positions.
+  chex.assert_trees_all_close(grad(centred), full - jnp.mean(full, axis=(0, 1), keepdims=True), atol=1e-5)
+  assert float(jnp.abs(jnp.mean(full, axis=(0, 1))).max()) > 1e-2  # So the centring changes something.
+  # A floor under the soft gradient's p_v: the soft gradient plus 0.1 of the linear one.
+  mixed = cfg(vocab_mode="straight_through", linear_mix=0.1)
+  chex.assert_trees_all_close(gen.to_embeddings(logits, table, mixed), table[jnp.argmax(logits, -1)], atol=1e-5)
+  chex.assert_trees_all_close(grad(mixed), grad(cfg(vocab_mode="straight_through")) + 0.1 * full, atol=1e-5)
+  # A warmer backward softmax: the soft gradient of logits / 2.
+  soft2 = jax.grad(lambda l: jnp.sum((jax.nn.softmax(l / 2.0, -1) @ table) * target))(logits)
+  chex.assert_trees_all_close(grad(hot), soft2, atol=1e-5)
+
+
 def test_bad_head_settings_are_errors():
   with pytest.raises(ValueError, match="model.head='logits'"):
     make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "logits"}))

@@ -5,8 +5,11 @@ attention with QK-norm and 1D RoPE] and [RMSNorm, adaLN-Zero, SwiGLU] -> final n
 an output head. head="embedding" (the paper's setup, the seed's): a linear map to the encoder's embedding width,
 whose bias starts at the mean token embedding. head="vocab": logits over the vocabulary; the encoder is fed
 their expected token embedding (softmax(logits) @ table, vocab_mode="soft"), or the argmax token's embedding
-with the soft one's gradient (vocab_mode="straight_through"), so outputs lie among real token embeddings
-(docs/method.md sections 5 and 7: outputs off the token manifold were the earlier attempts' crux).
+with the soft one's gradient (vocab_mode="straight_through"), or the argmax token's embedding with a gradient
+linear in the logits (vocab_mode="straight_through_linear": logit v gets (e_v - E_p[e]) . g, the first-order change
+of the loss when the token becomes v, at any probability; the soft gradient is p_v times it, so it vanishes for
+tokens the head does not already favour), so outputs lie among real token embeddings (docs/method.md sections 5
+and 7: outputs off the token manifold were the earlier attempts' crux).
 Conditioning: a style vector, the sum of 32 embeddings drawn at random from a 64-entry codebook.
 Parameters are float32; `dtype` sets the compute dtype (bfloat16 on accelerators).
 """
@@ -43,7 +46,17 @@ class GeneratorConfig:
   dtype: str = "float32"  # Compute dtype; parameters stay float32.
   head: str = "embedding"  # "embedding" | "vocab" (see the module docstring).
   vocab_size: int = 0  # Tokens the vocab head chooses among (the tokenizer's); needed by head="vocab".
-  vocab_mode: str = "soft"  # head="vocab": "soft" | "straight_through".
+  vocab_mode: str = "soft"  # head="vocab": "soft" | "straight_through" | "straight_through_linear".
+  # vocab_mode="straight_through_linear": only the head's top k tokens at a position get the gradient (0: all).
+  linear_top_k: int = 0
+  # vocab_mode="straight_through_linear": subtract from each logit's gradient its mean over the batch's samples and
+  # positions, so that no token is pushed up everywhere at once (the output layer's bias is shared by all).
+  linear_center: bool = False
+  # vocab_mode="straight_through": the backward pass's softmax is taken at this temperature (1: the head's own).
+  st_temperature: float = 1.0
+  # vocab_mode="straight_through": plus this much of the linear gradient, i.e. logit v's gradient weighs its swap
+  # score by p_v + linear_mix instead of p_v (a floor under the push that unlikely tokens get).
+  linear_mix: float = 0.0
   remat: bool = False  # Recompute each block's activations in the backward pass (less memory, more compute).
 
   @property
@@ -68,7 +81,27 @@ def rope(x: Array, base: float) -> Array:
 
 
 HEADS = ("embedding", "vocab")
-VOCAB_MODES = ("soft", "straight_through")
+VOCAB_MODES = ("soft", "straight_through", "straight_through_linear")
+
+
+@jax.custom_vjp
+def _centred_gradient(z: Array) -> Array:
+  """The identity, whose gradient (B, L, V) has its mean over B and L subtracted."""
+  return z
+
+
+_centred_gradient.defvjp(lambda z: (z, None), lambda _, g: (g - jnp.mean(g, axis=(0, 1), keepdims=True),))
+
+
+def _linear(out: Array, soft: Array, table: Array, cfg: GeneratorConfig) -> Array:
+  """0 in the forward pass; its gradient to logit v is (e_v - E_p[e]) . g, the loss's first-order change if the
+  token became v (only the head's linear_top_k likeliest when set; minus its batch mean with linear_center)."""
+  scores = _centred_gradient(out) if cfg.linear_center else out
+  if cfg.linear_top_k:  # Zero the gradient of the logits below the head's k-th largest.
+    kth = jax.lax.top_k(jax.lax.stop_gradient(out), cfg.linear_top_k)[0][..., -1:]
+    scores = jnp.where(out >= kth, scores, jax.lax.stop_gradient(scores))
+  linear = scores @ table - jnp.sum(scores, -1, keepdims=True) * jax.lax.stop_gradient(soft)
+  return linear - jax.lax.stop_gradient(linear)
 
 
 def to_embeddings(out: Array, table: Array, cfg: GeneratorConfig) -> Array:
@@ -79,7 +112,12 @@ def to_embeddings(out: Array, table: Array, cfg: GeneratorConfig) -> Array:
   if cfg.vocab_mode == "soft":
     return soft
   hard = jnp.take(table, jnp.argmax(out, axis=-1), axis=0)
-  return soft + jax.lax.stop_gradient(hard - soft)  # Forward: real tokens; backward: the soft gradient.
+  if cfg.vocab_mode == "straight_through_linear":  # Forward: real tokens; backward: the swap scores.
+    return hard + _linear(out, soft, table, cfg)
+  if cfg.st_temperature != 1.0:  # Flatter: tokens below the head's favourite keep more of the gradient.
+    soft = jax.nn.softmax(out / cfg.st_temperature, axis=-1) @ table
+  st = soft + jax.lax.stop_gradient(hard - soft)  # Forward: real tokens; backward: the soft gradient.
+  return st + cfg.linear_mix * _linear(out, soft, table, cfg) if cfg.linear_mix else st
 
 
 class ScaledRMSNorm(nnx.Module):
