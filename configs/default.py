@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.raw = True  # Also the embeddings themselves ("raw"): pulls outputs onto real tokens.
   config.drift.poolings = ("pos", "mean", "std", "win4_mean", "win4_std", "win16_mean", "win16_std", "rms")
   config.drift.temperatures = (0.02, 0.05, 0.2)  # Relative to the mean distance (the paper's set).
-  config.drift.softmax = "double"  # Ablations: double_floor | cols.
+  config.drift.softmax = "double"  # Ablations: double_floor | cols | split (field.FieldConfig).
   config.drift.drift_norm = "per_temperature"  # Ablation: none.
   config.drift.temperature_units = "mean_distance"  # Ablation: feature.
   config.drift.self_mask = 100.0

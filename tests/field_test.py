@@ -151,6 +151,44 @@ def test_a_zero_weight_column_far_nearer_than_the_others_changes_nothing(softmax
   chex.assert_trees_all_close(with_masked, without, atol=1e-5)
 
 
+def test_split_softmax_is_the_mean_shift_difference():
+  """softmax='split': V = sum_k softmax_pos(-d/T)_k y_k - sum_k softmax_neg(-d/T)_k y_k, each side over its own
+  columns (numpy restatement, one temperature, no normalization, extra negatives only)."""
+  x, pos, neg = _normal(0, (1, 5, 3)), _normal(1, (1, 7, 3), 0.5), _normal(2, (1, 4, 3))
+  t = 0.5
+  cfg = field.FieldConfig(softmax="split", temperatures=(t,), drift_norm="none", include_generated_negatives=False)
+  v, aux = field.drift_field(x, pos, neg, config=cfg)
+  xs, ps, ns = (np.asarray(a[0], np.float64) for a in (x, pos, neg))
+  s = float(aux["scale"])
+  sp = s / np.sqrt(3)
+
+  def mean_shift(cols):
+    logit = -np.linalg.norm(xs[:, None] - cols[None], axis=-1) / (s * t)
+    w = np.exp(logit - logit.max(1, keepdims=True))
+    return (w / w.sum(1, keepdims=True)) @ (cols / sp)
+
+  np.testing.assert_allclose(np.asarray(v[0]), mean_shift(ps) - mean_shift(ns), atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature, joint_share", [(0.02, 1e-3), (0.2, 0.1)])
+def test_split_softmax_keeps_attraction_when_the_negatives_coincide_with_the_sample(temperature, joint_share):
+  """Collapsed samples: every negative sits on the generated point, the positives far away. The joint softmax
+  (the paper's) gives the row Z_pos Z_neg / (Z_pos + Z_neg)^2 of its field, about exp(-d / T) here; split keeps
+  the full pull toward the positives' kernel mean."""
+  x = _normal(0, (2, 1, 8))
+  neg = jnp.repeat(x, 5, axis=1)
+  near = x + 0.01 * _normal(3, (2, 4, 8))
+  pos = jnp.concatenate([x[:1] + 3.0 + _normal(1, (1, 4, 8)), near[1:]])
+  neg = jnp.concatenate([neg[:1], x[1:] + 3.0 + _normal(2, (1, 5, 8))])  # Group 1: the mirror case, for the scale.
+  kw = dict(temperatures=(temperature,), drift_norm="none", include_generated_negatives=False)
+  v_split, aux = field.drift_field(x, pos, neg, config=field.FieldConfig(softmax="split", **kw))
+  v_joint, _ = field.drift_field(x, pos, neg, config=field.FieldConfig(**kw))
+  sp = aux["scale"] / jnp.sqrt(8.0)
+  pull = jnp.linalg.norm(jnp.mean(pos[0], 0) - x[0, 0]) / sp  # Far positives: about their mean's distance.
+  assert float(jnp.linalg.norm(v_split[0, 0])) > 0.5 * float(pull)
+  assert float(jnp.linalg.norm(v_joint[0, 0])) < joint_share * float(pull)
+
+
 def test_self_mask_excludes_self_interaction():
   x, pos = _normal(0, (1, 6, 2)), _normal(1, (1, 8, 2), 0.5)
   v, _ = _field(x, pos)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-SOFTMAX_MODES = ("double", "double_floor", "cols")
+SOFTMAX_MODES = ("double", "double_floor", "cols", "split")
 DRIFT_NORMS = ("per_temperature", "none")
 TEMPERATURE_UNITS = ("mean_distance", "feature")
 
@@ -35,7 +35,11 @@ class FieldConfig:
     temperatures: kernel temperatures R; logits are -d / (s * R) (see ``temperature_units``).
     softmax: 'double' (paper: sqrt of the column- and row-softmax product, exact in log space),
       'double_floor' (authors' public code: the product clipped at 1e-6 before the sqrt),
-      'cols' (softmax over columns only).
+      'cols' (softmax over columns only),
+      'split' (a softmax over the positives and another over the negatives, no cross-weighting:
+      V = E_pos[y] - E_neg[y] under each row's kernel, the mean-shift difference; the joint forms are that
+      times Z_pos Z_neg / (Z_pos + Z_neg)^2, which vanishes when a row's negatives are much nearer than its
+      positives, e.g. when the generated samples coincide).
     drift_norm: 'per_temperature' (paper: each V_R scaled to E||V_R||^2 / C = 1, then summed) or 'none'
       (port: raw sum).
     temperature_units: 'mean_distance' (paper: R is relative to the mean distance s) or 'feature'
@@ -103,6 +107,12 @@ def pairwise_distance(x: Array, y: Array, eps: float) -> Array:
   return jnp.sqrt(jnp.maximum(d2, eps))
 
 
+def _column_softmax(logits: Array, log_w: Array) -> Array:
+  """exp(logits - logsumexp(logits + log_w)) over the last axis; rows with no weighted column are 0."""
+  lse = jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
+  return jnp.where(jnp.isfinite(lse), jnp.exp(logits - lse), 0.0)
+
+
 def _kernel(logits: Array, log_w: Array, n_neg: int, mode: str) -> tuple[Array, Array]:
   """Interaction weights (W_neg, W_pos) from logits (G, N, K) and log column weights (G, K).
 
@@ -110,6 +120,11 @@ def _kernel(logits: Array, log_w: Array, n_neg: int, mode: str) -> tuple[Array, 
   normalizer over columns and multiplies the entry, and leaves the normalizer over rows unchanged.
   """
   w = jnp.exp(log_w)[:, None, :]
+  if mode == "split":  # Each side normalized on its own; no cross-weighting.
+    neg_part = _column_softmax(logits[..., :n_neg], log_w[:, :n_neg])
+    a = jnp.concatenate([neg_part, _column_softmax(logits[..., n_neg:], log_w[:, n_neg:])], axis=-1)
+    a = jnp.where(w > 0, a * w, 0.0)
+    return a[..., :n_neg], a[..., n_neg:]
   log_cols = logits - jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
   if mode == "cols":
     a = jnp.exp(log_cols)
