@@ -93,6 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
   # own generator noise, so its continuation is a function of its noise (ancestral + noise: the generator learns
   # the LM's sampling map from noise to story); "none": independent draws.
   config.drift.continuation_coupling = "none"
+  # The LM's draws among its candidates at this temperature; 0: greedy (its likeliest candidate).
+  config.drift.continuation_temperature = 1.0
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

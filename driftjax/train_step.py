@@ -71,6 +71,9 @@ class StepConfig:
   # at position t), so its continuation is a function of its noise and the M continuations are one (M copies);
   # "none": independent draws.
   continuation_coupling: str = "none"
+  # The LM's draws among its candidates at this temperature; 0: its likeliest candidate (greedy, so the M
+  # continuations of a sample are one row, M times).
+  continuation_temperature: float = 1.0
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
 
@@ -90,6 +93,15 @@ class StepConfig:
       )
     if self.continuation_coupling == "noise" and self.continuation_policy == "resample":
       raise ValueError("drift.continuation_coupling='noise' needs a sequential policy (continue, repair, ancestral)")
+    if self.continuation_temperature < 0:
+      raise ValueError(f"drift.continuation_temperature={self.continuation_temperature} must be >= 0")
+    if self.continuation_temperature != 1.0 and (
+      self.continuation_policy == "resample" or self.continuation_coupling == "noise"
+    ):
+      raise ValueError(
+        f"drift.continuation_temperature={self.continuation_temperature} applies to independent sequential draws "
+        "(continue, repair, ancestral without noise coupling)"
+      )
     if self.continuation_kernel not in ("batch", "own"):
       raise ValueError(f"drift.continuation_kernel={self.continuation_kernel!r}; expected batch or own")
     if self.uses_continuation and self.continuation_samples < 1:
@@ -243,10 +255,13 @@ def generated_loss(
       floor=cfg.teacher_floor,
       policy=cfg.continuation_policy,
       repeat_ngram=cfg.teacher_repeat_ngram,
+      temperature=cfg.continuation_temperature,
     )
     copies = 1  # Positives per row of cont: the M positives of a noise-coupled sample are one row, M times.
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
+    elif cfg.continuation_temperature == 0:  # Greedy: the M continuations of a sample are the same row.
+      cont, copies = kv_decode.continue_samples(encoder, key, ids, **kw)[0], m
     elif cfg.continuation_coupling == "noise":
       if noise is None:
         raise ValueError("continuation_coupling='noise' needs the generator's noise")

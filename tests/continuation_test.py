@@ -182,3 +182,27 @@ def test_noise_coupled_ancestral_rows_are_the_lms_inverse_cdf_draws(lm):
 def test_uniforms_of_the_wrong_shape_are_an_error(lm):
   with pytest.raises(ValueError, match="uniforms"):
     kv_decode.continue_samples(lm, jax.random.key(0), _rows(lm), top_k=3, floor=0.0, uniforms=jnp.zeros((2, 3)))
+
+
+def test_greedy_repair_replaces_unacceptable_tokens_by_the_lms_likeliest_and_ignores_the_key(lm):
+  """temperature=0: a replaced token is the LM's likeliest after the new prefix (full forward, no cache); kept
+  tokens as in the sampled repair; the key does not matter."""
+  ids = _rows(lm, seed=6)
+  kw = {"top_k": 3, "floor": 0.05, "policy": "repair", "temperature": 0.0}
+  out, _ = kv_decode.continue_samples(lm, jax.random.key(0), ids, **kw)
+  again, _ = kv_decode.continue_samples(lm, jax.random.key(5), ids, **kw)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
+  out, ids = np.asarray(out), np.asarray(ids)
+  ok, probs = _acceptable(lm, jnp.asarray(out), 3, 0.05)
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0
+  replaced = 0
+  for b in range(out.shape[0]):
+    for t in range(LENGTH):
+      if ended[b, t]:
+        continue
+      if ok[b, t, ids[b, t]]:
+        assert out[b, t] == ids[b, t], (b, t)
+      else:
+        assert out[b, t] == probs[b, t].argmax(), (b, t)
+        replaced += 1
+  assert replaced > 0

@@ -52,6 +52,7 @@ def test_positive_settings_are_checked():
     ("continuation_policy", "greedy", "continuation_policy"),
     ("continuation_kernel", "pooled", "continuation_kernel"),
     ("continuation_coupling", "pairs", "continuation_coupling"),
+    ("continuation_temperature", -1.0, "continuation_temperature"),
   ):
     config = tiny_config()
     config.drift.positives = "data+continuation"
@@ -66,4 +67,15 @@ def test_noise_coupling_needs_a_sequential_policy():
   config.drift.continuation_coupling = "noise"
   config.drift.continuation_policy = "resample"
   with pytest.raises(ValueError, match="sequential policy"):
+    train_state.step_config(config, 64, 100)
+
+
+@pytest.mark.parametrize("policy, coupling", [("resample", "none"), ("repair", "noise")])
+def test_a_draw_temperature_needs_independent_sequential_draws(policy, coupling):
+  config = tiny_config()
+  config.drift.positives = "continuation"
+  config.drift.continuation_policy = policy
+  config.drift.continuation_coupling = coupling
+  config.drift.continuation_temperature = 0.0
+  with pytest.raises(ValueError, match="independent sequential draws"):
     train_state.step_config(config, 64, 100)

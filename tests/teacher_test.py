@@ -92,6 +92,7 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     ("data+continuation", "continue"),
     ("data+teacher+continuation", "resample"),
     ("continuation", "ancestral"),  # With draws coupled to the generator's noise.
+    ("continuation", "repair"),  # Greedy draws (M copies of one row), the linear straight-through head.
   ):
     config = tiny_config()
     config.model.head = "vocab"
@@ -99,6 +100,9 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     config.drift.positives = positives
     config.drift.continuation_policy = policy or "continue"
     config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
+    if policy == "repair":
+      config.drift.continuation_temperature = 0.0
+      config.model.vocab_mode = "straight_through_linear"
     config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
     config.drift.teacher_repeat_ngram = 2
     config.drift.teacher_repeat_window = 2

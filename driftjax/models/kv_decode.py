@@ -245,7 +245,7 @@ def continue_samples(
   The LM reads each row after a start token (end-of-text). At position t a row keeps its own token ids[t] when
   that token is acceptable to the LM after the row's tokens so far (among the LM's top_k next tokens, with
   probability >= floor); otherwise the LM samples the token there (from its top_k tokens above the floor,
-  renormalized, at `temperature`). policy "continue": after the first replaced position every later token is
+  renormalized, at `temperature`; 0: the likeliest of them). policy "continue": after the first replaced position every later token is
   sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
   (each position conditioned on the repaired tokens before it); "ancestral": no token of the row is kept (the LM's
   own sample from the start token, among the same candidates). repeat_ngram n > 0: a token that would repeat
@@ -281,8 +281,10 @@ def continue_samples(
       acceptable, ok = acceptable & ~banned[:, 0], ok & ~banned[:, 1:]
     # Sample among the acceptable candidates (the top one when none is left).
     ok = ok.at[:, 0].set(ok[:, 0] | ~jnp.any(ok, -1))
-    scores = jnp.where(ok, jnp.log(jnp.maximum(top_p, 1e-30)) / temperature, -jnp.inf)
-    if u is None:
+    scores = jnp.where(ok, jnp.log(jnp.maximum(top_p, 1e-30)) / max(temperature, 1e-30), -jnp.inf)
+    if temperature == 0:  # Greedy: the likeliest acceptable candidate.
+      pick = jnp.argmax(scores, axis=-1)
+    elif u is None:
       pick = jax.random.categorical(jax.random.fold_in(key, pos), scores, axis=-1)
     else:
       pick = _inverse_cdf_pick(scores, top_ids, u)
