@@ -1,6 +1,7 @@
 """Ablations of the demo's choices (docs/demo.md): which field, features and output head move text toward data.
 
 python benchmarks/demo_ablations.py --workdir=runs/demo [--kind=particles|generator] [--steps=N] [--only="a;b"]
+  [--show=N] [--log_every=N]
 Needs DIR/encoder from a demo run (--mode=pretrain_encoder or --mode=demo with configs/demo.py).
 
 - particles: no generator. 32 free sequences of logits are optimized directly (Adam, lr 0.1) with the drift loss
@@ -14,7 +15,8 @@ the share of adjacent duplicated tokens, the vocab head's median top probability
 positives per position and, with continuation positives, the share of the samples' tokens that their
 continuations change (cont_changed: how much of them the LM would rewrite). "probe.queue": Q earlier particles'
 decoded tokens (a FIFO of the last steps) are extra negatives of the teacher loss, as a generator never repels
-the same samples forever. --show=N prints N samples under each row.
+the same samples forever. --show=N prints N samples under each row; --log_every=N prints a generator's training
+diagnostics every N steps (where a run collapses).
 The evaluator: python -m driftjax.main --config=configs/demo.py --workdir=DIR --mode=pretrain_encoder
   --config.seed=1 --config.pretrain.n_embd=176 --config.pretrain.out_dir=evaluator
 """
@@ -149,6 +151,62 @@ VARIANTS = {
     "drift.continuation_weight": 3.0,
     "data.queue_size": 256,
   },
+  # The head's gradient linear in the logits (session 8): every token's logit moves by its first-order effect on
+  # the loss, not scaled by its probability (the soft gradient vanishes for tokens the head does not favour).
+  "continuation, repair, own, linear ST": {**REPAIR_OWN, "model.vocab_mode": "straight_through_linear"},
+  "data positives, linear ST": {"drift.positives": "data", "model.vocab_mode": "straight_through_linear"},
+  "continuation, repair, own, linear ST, floor 0.05": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "drift.teacher_floor": 0.05,
+  },
+  "continuation, repair, own, linear ST, top-4, floor 0.1": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "drift.teacher_top_k": 4,
+    "drift.teacher_floor": 0.1,
+  },
+  "teacher, 3-gram, linear ST": {
+    "drift.positives": "teacher",
+    "drift.teacher_repeat_ngram": 3,
+    "model.vocab_mode": "straight_through_linear",
+  },
+  "teacher+continuation, repair, own, linear ST": {
+    **REPAIR_OWN,
+    "drift.positives": "teacher+continuation",
+    "model.vocab_mode": "straight_through_linear",
+  },
+  # Each side of the kernel normalized on its own (session 8): the joint column softmax scales a row's field by
+  # Z_pos Z_neg / (Z_pos + Z_neg)^2, which vanishes when its peers are much nearer than its positives.
+  "continuation, repair, own, split softmax": {**REPAIR_OWN, "drift.softmax": "split"},
+  "continuation, repair, own, linear ST, split softmax": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "drift.softmax": "split",
+  },
+  "continuation, repair, own, ST backward at T=2": {**REPAIR_OWN, "model.st_temperature": 2.0},
+  "continuation, repair, own, linear ST, lr 1e-3": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "optim.lr": 1e-3,
+  },
+  "continuation, repair, own, linear ST, centred": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "model.linear_center": True,
+  },
+  "continuation, repair, own, ST + 0.01 linear": {**REPAIR_OWN, "model.linear_mix": 0.01},
+  "continuation, repair, own, ST + 0.001 linear": {**REPAIR_OWN, "model.linear_mix": 0.001},
+  "continuation, repair, own, linear ST, top-16": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "model.linear_top_k": 16,
+  },
+  # The generator's size (session 8): is the one-step map the limit?
+  "continuation, repair, own, generator 256 wide, 4 deep": {**REPAIR_OWN, "model.width": 256, "model.depth": 4},
+  # Greedy repairs (session 8): the LM's likeliest candidate where it rejects a token, so a sample's target does
+  # not change from draw to draw (M = 1 with sampled draws was much worse than M = 4).
+  "continuation, repair, own, greedy": {**REPAIR_OWN, "drift.continuation_temperature": 0.0},
   # Noise-coupled continuations (session 7): the LM's draws for a sample are the inverse CDF at uniforms from the
   # sample's own generator noise, so each sample's positive is a function of its noise (M copies of one row).
   "ancestral, noise-coupled, own": {
@@ -284,11 +342,16 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1, queue: int 
   return np.asarray(decode.decode_outputs(x, table, cfg.gen)[0]), jax.device_get(metrics)
 
 
-def run_generator(trainer, steps: int, n: int = 64):
-  """n greedy EMA samples (n, L) after `steps` steps, and the last step's metrics (diagnostics included)."""
+def run_generator(trainer, steps: int, n: int = 64, log_every: int = 0):
+  """n greedy EMA samples (n, L) after `steps` steps, and the last step's metrics (diagnostics included).
+  log_every > 0 prints the training batch's diagnostics every so many steps (where a run collapses)."""
   state, metrics = trainer.init_state(), {}
-  for _ in range(steps):
+  for i in range(steps):
     state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
+    if log_every and (i + 1) % log_every == 0:
+      m = jax.device_get(metrics)
+      keys = [k for k in sorted(m) if k.startswith("diag/") or k in ("loss", "grad_norm")]
+      print(f"    step {i + 1}: " + " ".join(f"{k.split('/')[-1]}={float(m[k]):.3g}" for k in keys), flush=True)
   gen = sampler_lib.Sampler(
     graphdef=trainer.graphdef,
     params=state["ema"],
@@ -308,6 +371,7 @@ def main():
   parser.add_argument("--only", default="", help="variant names separated by ; (default: all)")
   parser.add_argument("--evaluator", default="", help="the independent evaluator LM (default: DIR/evaluator)")
   parser.add_argument("--show", type=int, default=0, help="print this many samples after each variant's row")
+  parser.add_argument("--log_every", type=int, default=0, help="generator: print diagnostics every N steps")
   args = parser.parse_args()
   names = [n for n in VARIANTS if not args.only or n in args.only.split(";")]
   eval_dir = args.evaluator or os.path.join(args.workdir, "evaluator")
@@ -341,7 +405,7 @@ def main():
     if args.kind == "particles":
       ids, metrics = run_particles(trainer, args.steps, queue=probe.get("probe.queue", 0))
     else:
-      ids, metrics = run_generator(trainer, args.steps)
+      ids, metrics = run_generator(trainer, args.steps, log_every=args.log_every)
     r = scores(ids, trainer, evaluator, reference)
     top_p, eff = metrics.get("diag/head_top_p_median", float("nan")), metrics.get("diag/eff_positives", float("nan"))
     changed = metrics.get("diag/cont_changed", float("nan"))
