@@ -54,6 +54,8 @@ def get_config():
   config.model.style_codebook = 16
   config.model.dtype = config.encoder.dtype = "float32"  # The demo's figures (docs/demo.md) are float32.
   config.model.head = "vocab"  # Outputs among the token embeddings (docs/method.md section 5, docs/demo.md).
+  # The argmax token with the soft gradient. "straight_through_linear" (every logit gets its token's swap score)
+  # made free sequences 3.5x better but collapsed the generator (docs/demo.md, session 8).
   config.model.vocab_mode = "straight_through"
 
   config.drift.layers = (1, 2)
@@ -63,7 +65,8 @@ def get_config():
   config.drift.poolings = ("flat",)
   # Positives: the LM's repairs of each sample (its unlikely tokens redrawn by the LM, the rest kept), each
   # sample drawn only to its own 4 repairs (issue 14; docs/demo.md "Continuation positives": after 600 steps
-  # gen-PPL 97 under the independent LM and grammatical_rate 0.51, against 1,510 and 0.16 with data positives).
+  # gen-PPL 24-32 under the independent LM and grammatical_rate 0.50-0.56 over two seeds, against 1,510 and 0.16
+  # with data positives).
   # The paper's pure feature matching against real stories: --config.drift.positives=data
   config.drift.positives = "continuation"
   config.drift.continuation_policy = "repair"
