@@ -171,6 +171,21 @@ def test_linear_top_k_centring_and_st_temperature_shape_only_the_gradient():
   chex.assert_trees_all_close(grad(hot), soft2, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+  "settings, match",
+  [
+    ({"vocab_mode": "soft", "st_temperature": 2.0}, "apply to head='vocab', vocab_mode='straight_through'"),
+    ({"vocab_mode": "straight_through_linear", "linear_mix": 0.1}, "apply to head='vocab'"),
+    ({"vocab_mode": "straight_through", "linear_top_k": 8}, "apply to vocab_mode='straight_through_linear'"),
+    ({"vocab_mode": "soft", "linear_center": True}, "apply to vocab_mode='straight_through_linear'"),
+    ({"vocab_mode": "straight_through", "st_temperature": 0.0}, "must be > 0"),
+  ],
+)
+def test_head_gradient_settings_outside_their_mode_are_errors(settings, match):
+  with pytest.raises(ValueError, match=match):
+    make(gen.GeneratorConfig(**{**VOCAB_CFG.__dict__, **settings}))
+
+
 def test_bad_head_settings_are_errors():
   with pytest.raises(ValueError, match="model.head='logits'"):
     make(gen.GeneratorConfig(**{**CFG.__dict__, "head": "logits"}))

@@ -120,6 +120,24 @@ def to_embeddings(out: Array, table: Array, cfg: GeneratorConfig) -> Array:
   return st + cfg.linear_mix * _linear(out, soft, table, cfg) if cfg.linear_mix else st
 
 
+def _check_gradient_settings(cfg: GeneratorConfig) -> None:
+  """The head's gradient settings apply to some vocab modes only: setting one elsewhere is an error, not a no-op."""
+  if cfg.st_temperature <= 0 or cfg.linear_mix < 0 or cfg.linear_top_k < 0:
+    raise ValueError(
+      f"model.st_temperature={cfg.st_temperature} must be > 0, model.linear_mix={cfg.linear_mix} and "
+      f"model.linear_top_k={cfg.linear_top_k} >= 0"
+    )
+  soft_st = cfg.head == "vocab" and cfg.vocab_mode == "straight_through"
+  uses_linear = cfg.head == "vocab" and (cfg.vocab_mode == "straight_through_linear" or (soft_st and cfg.linear_mix))
+  if (cfg.st_temperature != 1.0 or cfg.linear_mix) and not soft_st:
+    raise ValueError("model.st_temperature and model.linear_mix apply to head='vocab', vocab_mode='straight_through'")
+  if (cfg.linear_top_k or cfg.linear_center) and not uses_linear:
+    raise ValueError(
+      "model.linear_top_k and model.linear_center apply to vocab_mode='straight_through_linear' (or "
+      "'straight_through' with model.linear_mix > 0)"
+    )
+
+
 class ScaledRMSNorm(nnx.Module):
   """RMSNorm with a learned per-channel scale (used for QK-norm)."""
 
@@ -201,6 +219,7 @@ class Generator(nnx.Module):
         f"head='vocab' needs vocab_size > 0 (got {cfg.vocab_size}) and vocab_mode in "
         f"{VOCAB_MODES} (got {cfg.vocab_mode!r})"
       )
+    _check_gradient_settings(cfg)
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.dtype = dtype
