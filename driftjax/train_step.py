@@ -257,15 +257,16 @@ def generated_loss(
       repeat_ngram=cfg.teacher_repeat_ngram,
       temperature=cfg.continuation_temperature,
     )
-    copies = 1  # Positives per row of cont: the M positives of a noise-coupled sample are one row, M times.
+    copies = 1  # Positives per row of cont (M where one row stands for a sample's M positives).
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
-    elif cfg.continuation_temperature == 0:  # Greedy: the M continuations of a sample are the same row.
-      cont, copies = kv_decode.continue_samples(encoder, key, ids, **kw)[0], m
-    elif cfg.continuation_coupling == "noise":
-      if noise is None:
-        raise ValueError("continuation_coupling='noise' needs the generator's noise")
-      uniforms = jnp.clip(jax.scipy.stats.norm.cdf(noise[..., 0].astype(jnp.float32)), 0.0, 1.0 - 1e-7)
+    elif cfg.continuation_coupling == "noise" or cfg.continuation_temperature == 0:
+      # The M continuations of a sample are one row: its draws are a function of its noise, or greedy.
+      uniforms = None
+      if cfg.continuation_coupling == "noise":
+        if noise is None:
+          raise ValueError("continuation_coupling='noise' needs the generator's noise")
+        uniforms = jnp.clip(jax.scipy.stats.norm.cdf(noise[..., 0].astype(jnp.float32)), 0.0, 1.0 - 1e-7)
       cont, copies = kv_decode.continue_samples(encoder, key, ids, uniforms=uniforms, **kw)[0], m
     else:
       cont, _ = kv_decode.continue_samples(encoder, key, own, **kw)

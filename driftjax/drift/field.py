@@ -107,10 +107,9 @@ def pairwise_distance(x: Array, y: Array, eps: float) -> Array:
   return jnp.sqrt(jnp.maximum(d2, eps))
 
 
-def _column_softmax(logits: Array, log_w: Array) -> Array:
-  """exp(logits - logsumexp(logits + log_w)) over the last axis; rows with no weighted column are 0."""
-  lse = jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
-  return jnp.where(jnp.isfinite(lse), jnp.exp(logits - lse), 0.0)
+def _log_column_softmax(logits: Array, log_w: Array) -> Array:
+  """log of the softmax over the last axis (columns) with log column weights log_w (G, K) in the normalizer."""
+  return logits - jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
 
 
 def _kernel(logits: Array, log_w: Array, n_neg: int, mode: str) -> tuple[Array, Array]:
@@ -120,15 +119,13 @@ def _kernel(logits: Array, log_w: Array, n_neg: int, mode: str) -> tuple[Array, 
   normalizer over columns and multiplies the entry, and leaves the normalizer over rows unchanged.
   """
   w = jnp.exp(log_w)[:, None, :]
-  if mode == "split":  # Each side normalized on its own; no cross-weighting.
-    neg_part = _column_softmax(logits[..., :n_neg], log_w[:, :n_neg])
-    a = jnp.concatenate([neg_part, _column_softmax(logits[..., n_neg:], log_w[:, n_neg:])], axis=-1)
-    a = jnp.where(w > 0, a * w, 0.0)
-    return a[..., :n_neg], a[..., n_neg:]
-  log_cols = logits - jax.nn.logsumexp(logits + log_w[:, None, :], axis=-1, keepdims=True)
-  if mode == "cols":
-    a = jnp.exp(log_cols)
+  if mode == "split":  # Each side normalized over its own columns.
+    log_neg = _log_column_softmax(logits[..., :n_neg], log_w[:, :n_neg])
+    a = jnp.exp(jnp.concatenate([log_neg, _log_column_softmax(logits[..., n_neg:], log_w[:, n_neg:])], axis=-1))
+  elif mode == "cols":
+    a = jnp.exp(_log_column_softmax(logits, log_w))
   else:
+    log_cols = _log_column_softmax(logits, log_w)
     log_rows = jax.nn.log_softmax(logits, axis=-2)
     if mode == "double":
       a = jnp.exp(0.5 * (log_cols + log_rows))
@@ -136,9 +133,12 @@ def _kernel(logits: Array, log_w: Array, n_neg: int, mode: str) -> tuple[Array, 
       a = jnp.sqrt(jnp.maximum(jnp.exp(log_cols + log_rows), 1e-6))
   # A column of weight 0 is left out of the column normalizer, so one much nearer than every weighted column
   # (a sample's own masked column, an empty queue slot) has log_cols in the hundreds: exp overflows to inf, and
-  # inf * 0 would be NaN. Its weight is 0 whatever the kernel says.
+  # inf * 0 would be NaN. Its weight is 0 whatever the kernel says (in split mode too, where a side with no
+  # weighted column has an infinite log entry in every column).
   a = jnp.where(w > 0, a * w, 0.0)
   a_neg, a_pos = a[..., :n_neg], a[..., n_neg:]
+  if mode == "split":
+    return a_neg, a_pos
   # Cross-weighting: attraction is scaled by the total repulsion of the row and vice versa.
   w_pos = a_pos * jnp.sum(a_neg, -1, keepdims=True)
   w_neg = a_neg * jnp.sum(a_pos, -1, keepdims=True)
