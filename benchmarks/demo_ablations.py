@@ -193,7 +193,17 @@ VARIANTS = {
   "continuation, repair, own, linear ST, centred": {
     **REPAIR_OWN,
     "model.vocab_mode": "straight_through_linear",
-    "model.linear_center": True,
+    "model.linear_center": "batch",
+  },
+  "continuation, repair, own, linear ST, centred per sample": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "model.linear_center": "sample",
+  },
+  "continuation, repair, own, linear ST, centred over the vocabulary": {
+    **REPAIR_OWN,
+    "model.vocab_mode": "straight_through_linear",
+    "model.linear_center": "vocab",
   },
   "continuation, repair, own, ST + 0.01 linear": {**REPAIR_OWN, "model.linear_mix": 0.01},
   "continuation, repair, own, ST + 0.001 linear": {**REPAIR_OWN, "model.linear_mix": 0.001},
@@ -202,6 +212,9 @@ VARIANTS = {
     "model.vocab_mode": "straight_through_linear",
     "model.linear_top_k": 16,
   },
+  # The soft gradient's training settings (session 9): a third of the learning rate; twice the samples (peers).
+  "continuation, repair, own, lr 1e-3": {**REPAIR_OWN, "optim.lr": 1e-3},
+  "continuation, repair, own, 64 samples per step": {**REPAIR_OWN, "data.n_gen": 64},
   # The generator's size (session 8): is the one-step map the limit?
   "continuation, repair, own, generator 256 wide, 4 deep": {**REPAIR_OWN, "model.width": 256, "model.depth": 4},
   # Greedy repairs (session 8): the LM's likeliest candidate where it rejects a token, so a sample's target does

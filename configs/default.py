@@ -34,7 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   # "straight_through_linear": the argmax token's, with each logit's gradient its token's first-order swap gain
   # (not scaled by its probability); linear_top_k > 0 limits that gradient to the head's k likeliest tokens.
   config.model.linear_top_k = 0
-  config.model.linear_center = False  # True: each logit's linear gradient minus its mean over samples and positions.
+  # "batch" / "sample": each logit's linear gradient minus its mean over the samples and positions / over each
+  # sample's positions ("": off).
+  config.model.linear_center = ""
   config.model.st_temperature = 1.0  # "straight_through": the backward softmax's temperature (>1: flatter).
   config.model.linear_mix = 0.0  # "straight_through": logit v's swap score weighs p_v + this (a floor), not p_v.
   config.model.remat = False  # Recompute each generator block in the backward pass: less memory, ~1/3 more FLOPs.

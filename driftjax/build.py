@@ -53,7 +53,7 @@ def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size
     vocab_size=vocab_size,
     vocab_mode=m.vocab_mode,
     linear_top_k=m.get("linear_top_k", 0),
-    linear_center=m.get("linear_center", False),
+    linear_center=m.get("linear_center", ""),
     st_temperature=m.get("st_temperature", 1.0),
     linear_mix=m.get("linear_mix", 0.0),
     remat=m.remat,

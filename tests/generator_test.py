@@ -152,8 +152,9 @@ def test_linear_top_k_centring_and_st_temperature_shape_only_the_gradient():
   grad = lambda c: jax.grad(lambda l: jnp.sum(gen.to_embeddings(l, table, c) * target))(logits)
   top3 = cfg(vocab_mode="straight_through_linear", linear_top_k=3)
   hot = cfg(vocab_mode="straight_through", st_temperature=2.0)
-  centred = cfg(vocab_mode="straight_through_linear", linear_center=True)
-  for c in (top3, hot, centred):
+  centred = cfg(vocab_mode="straight_through_linear", linear_center="batch")
+  per_sample = cfg(vocab_mode="straight_through_linear", linear_center="sample")
+  for c in (top3, hot, centred, per_sample):
     chex.assert_trees_all_close(gen.to_embeddings(logits, table, c), table[jnp.argmax(logits, -1)], atol=1e-6)
   # Top-k: the linear gradient on the head's 3 likeliest tokens, 0 elsewhere.
   in_top = logits >= jax.lax.top_k(logits, 3)[0][..., -1:]
@@ -161,6 +162,9 @@ def test_linear_top_k_centring_and_st_temperature_shape_only_the_gradient():
   chex.assert_trees_all_close(grad(top3), jnp.where(in_top, full, 0.0), atol=1e-5)
   # Centred: each token's gradient minus its mean over the samples and positions.
   chex.assert_trees_all_close(grad(centred), full - jnp.mean(full, axis=(0, 1), keepdims=True), atol=1e-5)
+  # Per sample: minus its mean over that sample's positions (each sample's tokens then sum to 0 over positions).
+  chex.assert_trees_all_close(grad(per_sample), full - jnp.mean(full, axis=1, keepdims=True), atol=1e-5)
+  chex.assert_trees_all_close(jnp.sum(grad(per_sample), axis=1), jnp.zeros((2, 10)), atol=1e-5)
   assert float(jnp.abs(jnp.mean(full, axis=(0, 1))).max()) > 1e-2  # So the centring changes something.
   # A floor under the soft gradient's p_v: the soft gradient plus 0.1 of the linear one.
   mixed = cfg(vocab_mode="straight_through", linear_mix=0.1)
@@ -177,7 +181,8 @@ def test_linear_top_k_centring_and_st_temperature_shape_only_the_gradient():
     ({"vocab_mode": "soft", "st_temperature": 2.0}, "apply to head='vocab', vocab_mode='straight_through'"),
     ({"vocab_mode": "straight_through_linear", "linear_mix": 0.1}, "apply to head='vocab'"),
     ({"vocab_mode": "straight_through", "linear_top_k": 8}, "apply to vocab_mode='straight_through_linear'"),
-    ({"vocab_mode": "soft", "linear_center": True}, "apply to vocab_mode='straight_through_linear'"),
+    ({"vocab_mode": "soft", "linear_center": "batch"}, "apply to vocab_mode='straight_through_linear'"),
+    ({"vocab_mode": "straight_through_linear", "linear_center": "all"}, "expected '' or one of"),
     ({"vocab_mode": "straight_through", "st_temperature": 0.0}, "must be > 0"),
   ],
 )

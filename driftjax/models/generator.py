@@ -17,6 +17,7 @@ Parameters are float32; `dtype` sets the compute dtype (bfloat16 on accelerators
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +51,9 @@ class GeneratorConfig:
   # vocab_mode="straight_through_linear": only the head's top k tokens at a position get the gradient (0: all).
   linear_top_k: int = 0
   # vocab_mode="straight_through_linear": subtract from each logit's gradient its mean over the batch's samples and
-  # positions, so that no token is pushed up everywhere at once (the output layer's bias is shared by all).
-  linear_center: bool = False
+  # positions ("batch": no token is pushed up everywhere at once through the output layer's shared bias) or over
+  # each sample's positions ("sample": no token is pushed up at every position of a sample); "": off.
+  linear_center: str = ""
   # vocab_mode="straight_through": the backward pass's softmax is taken at this temperature (1: the head's own).
   st_temperature: float = 1.0
   # vocab_mode="straight_through": plus this much of the linear gradient, i.e. logit v's gradient weighs its swap
@@ -84,19 +86,22 @@ HEADS = ("embedding", "vocab")
 VOCAB_MODES = ("soft", "straight_through", "straight_through_linear")
 
 
-@jax.custom_vjp
-def _centred_gradient(z: Array) -> Array:
-  """The identity, whose gradient (B, L, V) has its mean over B and L subtracted."""
+CENTRE_AXES = {"batch": (0, 1), "sample": (1,), "vocab": (2,)}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _centred_gradient(z: Array, axes: tuple[int, ...]) -> Array:
+  """The identity, whose gradient (B, L, V) has its mean over `axes` subtracted."""
   return z
 
 
-_centred_gradient.defvjp(lambda z: (z, None), lambda _, g: (g - jnp.mean(g, axis=(0, 1), keepdims=True),))
+_centred_gradient.defvjp(lambda z, axes: (z, None), lambda axes, _, g: (g - jnp.mean(g, axis=axes, keepdims=True),))
 
 
 def _linear(out: Array, soft: Array, table: Array, cfg: GeneratorConfig) -> Array:
   """0 in the forward pass; its gradient to logit v is (e_v - E_p[e]) . g, the loss's first-order change if the
-  token became v (only the head's linear_top_k likeliest when set; minus its batch mean with linear_center)."""
-  scores = _centred_gradient(out) if cfg.linear_center else out
+  token became v (only the head's linear_top_k likeliest when set; minus its mean with linear_center)."""
+  scores = _centred_gradient(out, CENTRE_AXES[cfg.linear_center]) if cfg.linear_center else out
   if cfg.linear_top_k:  # Zero the gradient of the logits below the head's k-th largest.
     kth = jax.lax.top_k(jax.lax.stop_gradient(out), cfg.linear_top_k)[0][..., -1:]
     scores = jnp.where(out >= kth, scores, jax.lax.stop_gradient(scores))
@@ -131,6 +136,8 @@ def _check_gradient_settings(cfg: GeneratorConfig) -> None:
   uses_linear = cfg.head == "vocab" and (cfg.vocab_mode == "straight_through_linear" or (soft_st and cfg.linear_mix))
   if (cfg.st_temperature != 1.0 or cfg.linear_mix) and not soft_st:
     raise ValueError("model.st_temperature and model.linear_mix apply to head='vocab', vocab_mode='straight_through'")
+  if cfg.linear_center and cfg.linear_center not in CENTRE_AXES:
+    raise ValueError(f"model.linear_center={cfg.linear_center!r}; expected '' or one of {tuple(CENTRE_AXES)}")
   if (cfg.linear_top_k or cfg.linear_center) and not uses_linear:
     raise ValueError(
       "model.linear_top_k and model.linear_center apply to vocab_mode='straight_through_linear' (or "
