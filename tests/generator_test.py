@@ -154,7 +154,8 @@ def test_linear_top_k_centring_and_st_temperature_shape_only_the_gradient():
   hot = cfg(vocab_mode="straight_through", st_temperature=2.0)
   centred = cfg(vocab_mode="straight_through_linear", linear_center="batch")
   per_sample = cfg(vocab_mode="straight_through_linear", linear_center="sample")
-  for c in (top3, hot, centred, per_sample):
+  per_position = cfg(vocab_mode="straight_through_linear", linear_center="vocab")
+  for c in (top3, hot, centred, per_sample, per_position):
     chex.assert_trees_all_close(gen.to_embeddings(logits, table, c), table[jnp.argmax(logits, -1)], atol=1e-6)
   # Top-k: the linear gradient on the head's 3 likeliest tokens, 0 elsewhere.
   in_top = logits >= jax.lax.top_k(logits, 3)[0][..., -1:]
@@ -165,6 +166,10 @@ def test_linear_top_k_centring_and_st_temperature_shape_only_the_gradient():
   # Per sample: minus its mean over that sample's positions (each sample's tokens then sum to 0 over positions).
   chex.assert_trees_all_close(grad(per_sample), full - jnp.mean(full, axis=1, keepdims=True), atol=1e-5)
   chex.assert_trees_all_close(jnp.sum(grad(per_sample), axis=1), jnp.zeros((2, 10)), atol=1e-5)
+  # Over the vocabulary: (e_v - mean_u e_u) . g, which sums to 0 over the tokens as a softmax's gradient does.
+  mean_e = jnp.einsum("vd,bld->bl", table, target)[..., None] / 10
+  chex.assert_trees_all_close(grad(per_position), jnp.einsum("vd,bld->blv", table, target) - mean_e, atol=1e-4)
+  assert float(jnp.abs(jnp.sum(full, -1)).max()) > 1e-2 > float(jnp.abs(jnp.sum(grad(per_position), -1)).max())
   assert float(jnp.abs(jnp.mean(full, axis=(0, 1))).max()) > 1e-2  # So the centring changes something.
   # A floor under the soft gradient's p_v: the soft gradient plus 0.1 of the linear one.
   mixed = cfg(vocab_mode="straight_through", linear_mix=0.1)
