@@ -97,6 +97,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.continuation_coupling = "none"
   # The LM's draws among its candidates at this temperature; 0: greedy (its likeliest candidate).
   config.drift.continuation_temperature = 1.0
+  # > 0: plus this weight times the cross-entropy of the vocab head's logits toward the continuations' tokens (a
+  # sample's own M draws): the LM's choices reach the head at any probability (the straight-through gradient
+  # scales each token's push by it). 0: the field alone.
+  config.drift.continuation_ce_weight = 0.0
+  # The cross-entropy from this step on (0: from the start, which makes every sample the same story; after the
+  # field alone has spread the samples it sharpens each: docs/demo.md, session 9).
+  config.drift.continuation_ce_start = 0
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -50,6 +50,8 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     continuation_kernel=config.drift.get("continuation_kernel", "batch"),
     continuation_coupling=config.drift.get("continuation_coupling", "none"),
     continuation_temperature=config.drift.get("continuation_temperature", 1.0),
+    continuation_ce_weight=config.drift.get("continuation_ce_weight", 0.0),
+    continuation_ce_start=config.drift.get("continuation_ce_start", 0),
     chunk=config.train.get("chunk", 0),
   )
 

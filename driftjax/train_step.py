@@ -74,6 +74,13 @@ class StepConfig:
   # The LM's draws among its candidates at this temperature; 0: its likeliest candidate (greedy, so the M
   # continuations of a sample are one row, M times).
   continuation_temperature: float = 1.0
+  # > 0: plus this weight times the cross-entropy of the vocab head's logits toward the continuations' tokens (each
+  # sample's own M rows, so the mean over its draws): the LM's choices reach the head whatever it gives them, where
+  # the straight-through gradient scales each token's push by its probability. 0: off (the field alone).
+  continuation_ce_weight: float = 0.0
+  # The cross-entropy applies from this step on (0: from the start): from the start it makes every sample the same
+  # story; after the field alone has spread the samples it sharpens each one (docs/demo.md, session 9).
+  continuation_ce_start: int = 0
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
 
@@ -104,6 +111,17 @@ class StepConfig:
       )
     if self.continuation_kernel not in ("batch", "own"):
       raise ValueError(f"drift.continuation_kernel={self.continuation_kernel!r}; expected batch or own")
+    if self.continuation_ce_weight < 0 or (
+      self.continuation_ce_weight and (not self.uses_continuation or self.gen.head != "vocab")
+    ):
+      raise ValueError(
+        f"drift.continuation_ce_weight={self.continuation_ce_weight} must be >= 0 and needs continuation positives "
+        "and model.head='vocab'"
+      )
+    if self.continuation_ce_start < 0 or (self.continuation_ce_start and not self.continuation_ce_weight):
+      raise ValueError(
+        f"drift.continuation_ce_start={self.continuation_ce_start} must be >= 0 and needs continuation_ce_weight > 0"
+      )
     if self.uses_continuation and self.continuation_samples < 1:
       raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
     if self.chunk < 0:
@@ -203,6 +221,14 @@ def decoded_ids(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig) -> A
   return jnp.argmin(d2, axis=-1).astype(jnp.int32)
 
 
+def continuation_cross_entropy(logits: Array, targets: Array, per_sample: int) -> Array:
+  """Mean cross-entropy of logits (B, L, V) toward target tokens (B * per_sample, L), whose rows are grouped by
+  sample (sample b's targets are rows b * per_sample ... (b + 1) * per_sample - 1)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = jnp.repeat(logp, per_sample, axis=0)
+  return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+
 def generated_loss(
   encoder,
   out: Array,
@@ -212,13 +238,15 @@ def generated_loss(
   queue_ids: Array | None = None,
   key: Array | None = None,
   noise: Array | None = None,
+  step: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The drift loss of generator outputs out (B, L, V or D) and the metrics to watch.
 
   pos_feats / pos_w: the real positives' pooled features and weights (used when cfg.uses_data);
   queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss;
   key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation);
-  noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise").
+  noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise");
+  step: the training step (needed with continuation_ce_start > 0).
   """
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
   emb = gen_lib.to_embeddings(out, table, cfg.gen)
@@ -280,6 +308,15 @@ def generated_loss(
         gen_feats, cont_feats, jnp.ones((cfg.groups, cfg.n_gen * m)), cfg.groups, cfg.field
       )
     total = total + cfg.continuation_weight * c_loss
+    if cfg.continuation_ce_weight:
+      ce = continuation_cross_entropy(out, cont, m // copies)
+      weight = jnp.asarray(cfg.continuation_ce_weight, jnp.float32)
+      if cfg.continuation_ce_start:
+        if step is None:
+          raise ValueError("drift.continuation_ce_start needs the training step")
+        weight = jnp.where(step >= cfg.continuation_ce_start, weight, 0.0)
+      total = total + weight * ce
+      metrics["loss/continuation_ce"] = ce
     metrics.update({f"cont/{k}": v for k, v in c_metrics.items()})
     metrics["loss/continuation"] = c_loss
     # How much of the samples the LM would change: the share of tokens, and the first changed position.
@@ -385,7 +422,8 @@ def train_step(
 
     def loss_fn(params):
       out = nnx.merge(graphdef, params)(noise, style)
-      return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=jax.random.fold_in(step_key, 1), noise=noise)
+      key = jax.random.fold_in(step_key, 1)
+      return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=key, noise=noise, step=state["step"])
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -7,6 +7,7 @@ import pytest
 from train_test import tiny_config
 
 from driftjax import train_state
+from driftjax import train_step
 from driftjax.drift import field as field_lib
 from driftjax.drift import losses
 
@@ -78,4 +79,42 @@ def test_a_draw_temperature_needs_independent_sequential_draws(policy, coupling)
   config.drift.continuation_coupling = coupling
   config.drift.continuation_temperature = 0.0
   with pytest.raises(ValueError, match="independent sequential draws"):
+    train_state.step_config(config, 64, 100)
+
+
+def test_continuation_cross_entropy_averages_each_samples_own_draws():
+  logits = jnp.array([[[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]], [[1.0, 3.0, 0.0, -2.0], [0.5, -0.5, 2.0, 1.0]]])
+  # Two draws per sample, grouped by sample: rows 0-1 are sample 0's, rows 2-3 sample 1's.
+  targets = jnp.array([[0, 3], [2, 3], [1, 1], [1, 2]])
+  logp = np.log(np.asarray(jax.nn.softmax(logits, -1)))
+  expected = -np.mean([logp[r // 2, t, targets[r, t]] for r in range(4) for t in range(2)])
+  ce = train_step.continuation_cross_entropy(logits, targets, 2)
+  np.testing.assert_allclose(float(ce), expected, rtol=1e-6)
+  # The gradient pulls each logit toward the share of the sample's draws that chose its token, at any probability:
+  # sample 0's token 2 at position 0 (one draw of two) gets -1/2 + p, whatever p.
+  grad = jax.grad(train_step.continuation_cross_entropy)(logits, targets, 2)
+  share = np.zeros((2, 2, 4))
+  for r in range(4):
+    for t in range(2):
+      share[r // 2, t, targets[r, t]] += 0.5
+  np.testing.assert_allclose(np.asarray(grad), (np.asarray(jax.nn.softmax(logits, -1)) - share) / 4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "positives, head, weight, start, match",
+  [
+    ("data", "vocab", 0.5, 0, "continuation_ce_weight"),
+    ("continuation", "embedding", 0.5, 0, "continuation_ce_weight"),
+    ("continuation", "vocab", -1.0, 0, "continuation_ce_weight"),
+    ("continuation", "vocab", 0.0, 100, "continuation_ce_start"),
+    ("continuation", "vocab", 0.5, -1, "continuation_ce_start"),
+  ],
+)
+def test_continuation_cross_entropy_needs_continuations_and_a_vocab_head(positives, head, weight, start, match):
+  config = tiny_config()
+  config.drift.positives = positives
+  config.model.head = head
+  config.drift.continuation_ce_weight = weight
+  config.drift.continuation_ce_start = start
+  with pytest.raises(ValueError, match=match):
     train_state.step_config(config, 64, 100)

@@ -4,9 +4,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from train_test import tiny_config
 
 from driftjax import train
+from driftjax import train_step as step_lib
 from driftjax.drift import field as field_lib
 from driftjax.drift import teacher
 
@@ -93,7 +95,7 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     ("data+teacher+continuation", "resample"),
     ("continuation", "ancestral"),  # With draws coupled to the generator's noise.
     ("continuation", "repair"),  # Greedy draws (M copies of one row), the linear straight-through head.
-  ):
+  ):  # The continue and greedy repair cases add the cross-entropy toward the continuations (M rows / 1 row each).
     config = tiny_config()
     config.model.head = "vocab"
     config.model.vocab_mode = "straight_through"
@@ -103,6 +105,8 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     if policy == "repair":
       config.drift.continuation_temperature = 0.0
       config.model.vocab_mode = "straight_through_linear"
+    if policy in ("continue", "repair"):
+      config.drift.continuation_ce_weight = 0.5
     config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
     config.drift.teacher_repeat_ngram = 2
     config.drift.teacher_repeat_window = 2
@@ -126,6 +130,9 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       assert np.isfinite(metrics[key]), (positives, key, metrics[key])
     assert metrics["grad_norm"] > 0
     assert any(k.startswith("loss/raw") for k in metrics) == ("data" in positives)
+    assert ("loss/continuation_ce" in metrics) == (policy in ("continue", "repair"))
+    if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
+      assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
     if "continuation" in positives:
       # The random LM finds most sampled tokens unlikely: the continuations differ from the samples.
       assert 0 < metrics["diag/cont_changed"] <= 1 and metrics["diag/cont_first_changed"] >= 0
@@ -166,3 +173,28 @@ def test_diagnostics_count_duplicates_before_the_end_and_effective_positives():
   np.testing.assert_allclose(d["diag/dup_adjacent"], 2 / 6)  # (4, 4) and (2, 2) among 2 + 4 pairs before the end.
   np.testing.assert_allclose(d["diag/eff_positives"], 1.5)  # Two equal candidates count 2, one counts 1.
   np.testing.assert_allclose(d["diag/agree"], np.mean([2, 1, 1, 1, 1, 2]) / 2)
+
+
+def test_continuation_cross_entropy_starts_at_its_step(tmp_path):
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.model.vocab_mode = "straight_through"
+  config.drift.positives = "continuation"
+  config.drift.continuation_policy = "repair"
+  config.drift.continuation_kernel = "own"
+  config.drift.teacher_floor = 0.0
+  config.drift.continuation_ce_weight = 0.5
+  config.drift.continuation_ce_start = 3
+  trainer = train.setup(config, str(tmp_path))
+  cfg = trainer.cfg
+  out = jax.random.normal(jax.random.key(0), (cfg.n_gen, cfg.gen.seq_len, cfg.gen.vocab_size))
+  loss = jax.jit(
+    lambda step: step_lib.generated_loss(trainer.encoder, out, None, None, cfg, key=jax.random.key(1), step=step)
+  )
+  (before, m_before), (at, m_at) = loss(jnp.int32(2)), loss(jnp.int32(3))
+  # The same continuations (same key) and field; from step 3 on the total adds 0.5 x the cross-entropy.
+  np.testing.assert_allclose(float(m_at["loss/continuation_ce"]), float(m_before["loss/continuation_ce"]), rtol=1e-6)
+  assert float(m_at["loss/continuation_ce"]) > 1.0
+  np.testing.assert_allclose(float(at - before), 0.5 * float(m_at["loss/continuation_ce"]), rtol=1e-5)
+  with pytest.raises(ValueError, match="needs the training step"):
+    step_lib.generated_loss(trainer.encoder, out, None, None, cfg, key=jax.random.key(1))
