@@ -212,8 +212,25 @@ VARIANTS = {
     "model.vocab_mode": "straight_through_linear",
     "model.linear_top_k": 16,
   },
-  # The soft gradient's training settings (session 9): a third of the learning rate; twice the samples (peers).
+  # The field plus the cross-entropy of the head's logits toward the repairs' tokens (session 9).
+  "continuation, repair, own, + repair CE x1": {**REPAIR_OWN, "drift.continuation_ce_weight": 1.0},
+  "continuation, repair, own, + repair CE x0.1": {**REPAIR_OWN, "drift.continuation_ce_weight": 0.1},
+  "continuation, repair, own, + repair CE x1 from step 300": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.continuation_ce_start": 300,
+  },
+  "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.continuation_ce_start": 300,
+    "seed": 1,
+  },
+  # The "continue" policy with the own kernel (session 9).
+  "continuation, continue, own": {**REPAIR_OWN, "drift.continuation_policy": "continue"},
+  # The soft gradient's training settings (session 9): the learning rate; twice the samples (peers).
   "continuation, repair, own, lr 1e-3": {**REPAIR_OWN, "optim.lr": 1e-3},
+  "continuation, repair, own, lr 6e-3": {**REPAIR_OWN, "optim.lr": 6e-3},
   "continuation, repair, own, 64 samples per step": {**REPAIR_OWN, "data.n_gen": 64},
   # The generator's size (session 8): is the one-step map the limit?
   "continuation, repair, own, generator 256 wide, 4 deep": {**REPAIR_OWN, "model.width": 256, "model.depth": 4},
@@ -260,6 +277,7 @@ VARIANTS = {
     **REPAIR_OWN,
     "seed": 1,
   },
+  "continuation, repair, own, seed 2": {**REPAIR_OWN, "seed": 2},
   "teacher+continuation, repair, own, seed 1": {
     **REPAIR_OWN,
     "drift.positives": "teacher+continuation",
