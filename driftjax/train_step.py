@@ -224,9 +224,9 @@ def decoded_ids(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig) -> A
 def continuation_cross_entropy(logits: Array, targets: Array, per_sample: int) -> Array:
   """Mean cross-entropy of logits (B, L, V) toward target tokens (B * per_sample, L), whose rows are grouped by
   sample (sample b's targets are rows b * per_sample ... (b + 1) * per_sample - 1)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  logp = jnp.repeat(logp, per_sample, axis=0)
-  return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, None]  # (B, 1, L, V): no copy per draw.
+  own = targets.reshape(logits.shape[0], per_sample, logits.shape[1], 1)
+  return -jnp.mean(jnp.take_along_axis(logp, own, axis=-1))
 
 
 def generated_loss(
