@@ -15,20 +15,19 @@ is its own process's.
   sampling  benchmarks/sampling.py's measure: generator forward + nearest-token decode vs KV-cached
             kv_decode.sample_ar of GPT-2 small, 256 tokens, bfloat16, batch 1 and 64, median of 5.
 
-What it prints last (figures are the run's; '-' where a part failed):
+What it printed last on the lent H200 of 2026-11-30 ('-' stands where a part failed; docs/benchmarks.md):
 
-    == device check: NVIDIA H200 (jax 0.11.2, flax 0.12.8) ==
-    bf16 matmul peak (8192^3, median of 20): 780.1 TFLOP/s
+    == device check: NVIDIA H200 (jax 0.11.2, flax 0.12.12) ==
+    bf16 matmul peak (8192^3, median of 20): 640.2 TFLOP/s
     train step, default config, bf16, batch 1x(64+64+q0), seq 256:
-    remat | step_s | gen_tokens_per_s | xla_tflop_per_step | tflop_per_s | mfu | mfu_model | peak_device_gib | compile_s
-    off   | ...
-    on    | ...
-    (mfu: XLA's FLOPs of the compiled step, recomputation included, over step time and the matmul peak;
-     mfu_model: the remat-off step's FLOPs over this row's step time, i.e. useful work only)
-    sampling, bf16, 256 tokens:
+    remat | step_s | gen_tokens_per_s | xla_tflop_per_step | tflop_per_s | mfu | mfu_model | peak_device_gib | ...
+    off | 0.0808 | 202804 | 14.15 | 175.2 | 27.4% | 27.4% | 14.19 | ...
+    on | 0.0952 | 172101 | 18.82 | 197.7 | 30.9% | 23.2% | 4.80 | ...
+    attention, bf16 [64, 256, 12, 64], fwd+bwd (the models use: cudnn): ...
+    sampling, bf16, 256 tokens (median s per batch):
     batch | one_step_s | autoregressive_s | speedup
-    1     | ...
-    64    | ...
+    1 | 0.0024 | 0.1813 | 76.4x
+    64 | 0.0227 | 0.1794 | 7.9x
     failed parts: none
 """
 
