@@ -1,7 +1,7 @@
 """Ablations of the demo's choices (docs/demo.md): which field, features and output head move text toward data.
 
 python benchmarks/demo_ablations.py --workdir=runs/demo [--kind=particles|generator] [--steps=N] [--only="a;b"]
-  [--show=N] [--log_every=N]
+  [--seeds=0,1,...] [--show=N] [--log_every=N]
 Needs DIR/encoder from a demo run (--mode=pretrain_encoder or --mode=demo with configs/demo.py).
 
 - particles: no generator. 32 free sequences of logits are optimized directly (Adam, lr 0.1) with the drift loss
@@ -53,7 +53,10 @@ REPAIR_OWN = {
   "drift.continuation_policy": "repair",
   "drift.continuation_kernel": "own",
 }
-# name -> config overrides on top of configs/demo.py.
+# name -> config overrides on top of configs/demo.py with the cross-entropy off (FIELD_ALONE): the field alone, as
+# in the rows of sessions 1-9; configs/demo.py itself is the variant "continuation, repair, own, + repair CE x1
+# from step 300".
+FIELD_ALONE = {"drift.continuation_ce_weight": 0.0, "drift.continuation_ce_start": 0}
 VARIANTS = {
   "demo (flat kernel, straight-through)": {},
   "flat, soft expected embedding": {"model.vocab_mode": "soft"},
@@ -218,6 +221,27 @@ VARIANTS = {
   "continuation, repair, own, + repair CE x1 from step 300": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,
+    "drift.continuation_ce_start": 300,
+  },
+  # When and how strongly (session 10).
+  "continuation, repair, own, + repair CE x1 from step 150": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.continuation_ce_start": 150,
+  },
+  "continuation, repair, own, + repair CE x1 from step 450": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.continuation_ce_start": 450,
+  },
+  "continuation, repair, own, + repair CE x0.3 from step 300": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 0.3,
+    "drift.continuation_ce_start": 300,
+  },
+  "continuation, repair, own, + repair CE x3 from step 300": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 3.0,
     "drift.continuation_ce_start": 300,
   },
   "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
@@ -401,10 +425,16 @@ def main():
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--only", default="", help="variant names separated by ; (default: all)")
   parser.add_argument("--evaluator", default="", help="the independent evaluator LM (default: DIR/evaluator)")
+  parser.add_argument("--seeds", default="", help="run each variant with each of these seeds (e.g. 0,1,2)")
   parser.add_argument("--show", type=int, default=0, help="print this many samples after each variant's row")
   parser.add_argument("--log_every", type=int, default=0, help="generator: print diagnostics every N steps")
   args = parser.parse_args()
   names = [n for n in VARIANTS if not args.only or n in args.only.split(";")]
+  if args.only and len(names) != len(args.only.split(";")):
+    unknown = sorted(set(args.only.split(";")) - set(names))
+    raise SystemExit(f"--only names no variant: {unknown}")
+  seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+  runs = [(name, seed) for name in names for seed in seeds]
   eval_dir = args.evaluator or os.path.join(args.workdir, "evaluator")
   evaluator = (gpt2.load_gpt2(eval_dir), tok_lib.load_tokenizer(eval_dir)) if os.path.isdir(eval_dir) else None
   print(f"{args.kind}, {args.steps} steps, {jax.devices()[0].device_kind}, evaluator {evaluator and eval_dir}")
@@ -413,12 +443,15 @@ def main():
     "eff_positives | cont_changed | coverage_tv | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
   )
   first = None
-  for name in names:
+  for name, seed in runs:
     config = demo_config.get_config()
     probe = {k: v for k, v in VARIANTS[name].items() if k in PROBE_KEYS}
-    for path, value in VARIANTS[name].items():
+    for path, value in {**FIELD_ALONE, **VARIANTS[name]}.items():
       if path not in PROBE_KEYS:
         set_path(config, path, value)
+    if seed is not None:
+      config.seed = seed
+      name = f"{name}, seed {seed}"
     config.train.eval_every = 0
     trainer = train.setup(config, args.workdir)
     eos = trainer.tokenizer.eos_token_id

@@ -7,6 +7,7 @@ import pytest
 
 from configs import demo as demo_config
 from driftjax import demo
+from driftjax import train_state
 
 
 def _row(**kw):
@@ -43,6 +44,16 @@ def test_targets_measure_each_goal():
   assert t["gen_ppl_final_over_data"] == {"value": pytest.approx(3.0), "target": "<= 4", "met": True}
 
 
+def test_paper_variant_is_pure_feature_matching():
+  config = demo_config.get_config("paper")  # --config=configs/demo.py:paper
+  step = train_state.step_config(config, out_dim=32, vocab_size=300)  # Validates the combination.
+  assert step.positive_source == "data" and step.continuation_ce_weight == 0 and step.continuation_ce_start == 0
+  demo_step = train_state.step_config(demo_config.get_config(), out_dim=32, vocab_size=300)
+  assert demo_step.positive_source == "continuation" and demo_step.continuation_ce_weight > 0
+  with pytest.raises(ValueError, match="'paper'"):
+    demo_config.get_config("papr")
+
+
 def tiny_config():
   config = demo_config.get_config()
   config.data.synthetic_docs, config.data.holdout = 300, 16
@@ -54,6 +65,7 @@ def tiny_config():
   m.seq_len, m.width, m.depth, m.heads, m.noise_dim, m.style_tokens, m.style_codebook = 32, 32, 1, 2, 8, 2, 4
   config.drift.layers = (1,)
   config.optim.total_steps, config.optim.warmup_steps = 4, 1
+  config.drift.continuation_ce_start = 2  # The demo's cross-entropy joins in the last two steps.
   config.train.checkpoint_every, config.train.eval_every, config.train.eval_samples, config.train.log_every = 2, 2, 8, 2
   config.sample.n_samples = config.sample.batch = config.eval.ar_batch = config.eval.bleu_samples = 8
   return config
