@@ -57,6 +57,7 @@ REPAIR_OWN = {
 # in the rows of sessions 1-9; configs/demo.py itself is the variant "continuation, repair, own, + repair CE x1
 # from step 300".
 FIELD_ALONE = {"drift.continuation_ce_weight": 0.0, "drift.continuation_ce_start": 0}
+DEMO = {**REPAIR_OWN, "drift.continuation_ce_weight": 1.0, "drift.continuation_ce_start": 300}
 VARIANTS = {
   "demo (flat kernel, straight-through)": {},
   "flat, soft expected embedding": {"model.vocab_mode": "soft"},
@@ -244,6 +245,37 @@ VARIANTS = {
     "drift.continuation_ce_weight": 3.0,
     "drift.continuation_ce_start": 300,
   },
+  # Coverage (session 10): real stories' tokens under the batch's mixture of the head's distributions.
+  "demo + mixture CE x1, first 16 positions": {
+    **DEMO,
+    "drift.mixture_ce_weight": 1.0,
+    "drift.mixture_ce_positions": 16,
+  },
+  "demo + mixture CE x1, all positions": {**DEMO, "drift.mixture_ce_weight": 1.0},
+  "demo + mixture CE x0.3, first 16 positions": {
+    **DEMO,
+    "drift.mixture_ce_weight": 0.3,
+    "drift.mixture_ce_positions": 16,
+  },
+  "demo + mixture CE x1, first 16 positions, repair CE from step 150": {
+    **DEMO,
+    "drift.continuation_ce_start": 150,
+    "drift.mixture_ce_weight": 1.0,
+    "drift.mixture_ce_positions": 16,
+  },
+  "demo + mixture CE x1, first 16 positions, repair CE from step 150, 900 steps": {
+    **DEMO,
+    "drift.continuation_ce_start": 150,
+    "drift.mixture_ce_weight": 1.0,
+    "drift.mixture_ce_positions": 16,
+    "optim.total_steps": 900,
+  },
+  "demo + mixture CE x1, first 16 positions, repair CE from step 0": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.mixture_ce_weight": 1.0,
+    "drift.mixture_ce_positions": 16,
+  },
   "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,
@@ -377,7 +409,7 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1, queue: int 
 
   @jax.jit
   def step(x, opt, real, queue_ids, key):
-    loss_fn = lambda x: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, queue_ids, key)[0]
+    loss_fn = lambda x: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, queue_ids, key, real_ids=real)[0]
     grads = jax.grad(loss_fn)(x)
     updates, opt = tx.update(grads, opt)
     ids = step_lib.decoded_ids(x, table, cfg.gen)
@@ -391,9 +423,9 @@ def run_particles(trainer, steps: int, n: int = 32, lr: float = 0.1, queue: int 
   keys = jax.random.split(jax.random.key(5), steps + 1)  # The continuations' sampling.
   for i in range(steps):
     x, opt, queue_ids = step(x, opt, trainer.next_batch(), queue_ids, keys[i])
-  metrics = jax.jit(lambda x, real, q, k: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, q, k)[1])(
-    x, trainer.next_batch(), queue_ids, keys[-1]
-  )
+  metrics = jax.jit(
+    lambda x, real, q, k: step_lib.generated_loss(enc, x, positives(real), pos_w, cfg, q, k, real_ids=real)[1]
+  )(x, trainer.next_batch(), queue_ids, keys[-1])
   return np.asarray(decode.decode_outputs(x, table, cfg.gen)[0]), jax.device_get(metrics)
 
 

@@ -104,6 +104,12 @@ def get_config() -> ml_collections.ConfigDict:
   # The cross-entropy from this step on (0: from the start, which makes every sample the same story; after the
   # field alone has spread the samples it sharpens each: docs/demo.md, session 9).
   config.drift.continuation_ce_start = 0
+  # > 0: plus this weight times the cross-entropy of real stories' tokens under the batch's mixture of the vocab
+  # head's distributions at each position: together the samples must offer every real choice (coverage), while
+  # no sample is pulled to the marginal. 0: off.
+  config.drift.mixture_ce_weight = 0.0
+  # The mixture cross-entropy's first this many positions (0: all): where real stories are aligned.
+  config.drift.mixture_ce_positions = 0
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

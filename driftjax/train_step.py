@@ -81,6 +81,13 @@ class StepConfig:
   # The cross-entropy applies from this step on (0: from the start): from the start it makes every sample the same
   # story; after the field alone has spread the samples it sharpens each one (docs/demo.md, session 9).
   continuation_ce_start: int = 0
+  # > 0: plus this weight times the cross-entropy of the real rows' tokens under the batch's mixture of the vocab
+  # head's distributions at each position (mixture_cross_entropy): the samples together must give every real
+  # story's token at each position some probability, so they cannot all make the same choice, while no single
+  # sample is pulled to the marginal. 0: off.
+  mixture_ce_weight: float = 0.0
+  # The first this many positions (0: all), where real stories are aligned (their openings).
+  mixture_ce_positions: int = 0
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
 
@@ -121,6 +128,12 @@ class StepConfig:
     if self.continuation_ce_start < 0 or (self.continuation_ce_start and not self.continuation_ce_weight):
       raise ValueError(
         f"drift.continuation_ce_start={self.continuation_ce_start} must be >= 0 and needs continuation_ce_weight > 0"
+      )
+    if self.mixture_ce_weight < 0 or (self.mixture_ce_weight and self.gen.head != "vocab"):
+      raise ValueError(f"drift.mixture_ce_weight={self.mixture_ce_weight} must be >= 0 and needs model.head='vocab'")
+    if not 0 <= self.mixture_ce_positions <= self.gen.seq_len:
+      raise ValueError(
+        f"drift.mixture_ce_positions={self.mixture_ce_positions} must be in [0, model.seq_len={self.gen.seq_len}]"
       )
     if self.uses_continuation and self.continuation_samples < 1:
       raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
@@ -229,6 +242,19 @@ def continuation_cross_entropy(logits: Array, targets: Array, per_sample: int) -
   return -jnp.mean(jnp.take_along_axis(logp, own, axis=-1))
 
 
+def mixture_cross_entropy(logits: Array, real_ids: Array, positions: int = 0, smoothing: float = 1e-4) -> Array:
+  """Mean over real rows r and positions t < positions (0: all) of -log q_t(real_ids[r, t]), where q_t is the
+  mean over the batch's samples of softmax(logits[b, t]) (logits (B, L, V), real_ids (R, L)), mixed with
+  `smoothing` of the uniform distribution so that a token no sample offers costs log(V / smoothing), not
+  infinity. Its minimum is the real tokens' entropy at each position: reached when the samples' choices are
+  spread as the real stories' are, whichever sample makes which choice."""
+  positions = positions or logits.shape[1]
+  probs = jax.nn.softmax(logits[:, :positions].astype(jnp.float32), axis=-1)
+  mixture = (1.0 - smoothing) * jnp.mean(probs, axis=0) + smoothing / logits.shape[-1]  # (T, V)
+  picked = mixture[jnp.arange(positions)[None, :], real_ids[:, :positions]]  # (R, T)
+  return -jnp.mean(jnp.log(picked))
+
+
 def generated_loss(
   encoder,
   out: Array,
@@ -239,6 +265,7 @@ def generated_loss(
   key: Array | None = None,
   noise: Array | None = None,
   step: Array | None = None,
+  real_ids: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The drift loss of generator outputs out (B, L, V or D) and the metrics to watch.
 
@@ -246,7 +273,8 @@ def generated_loss(
   queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss;
   key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation);
   noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise");
-  step: the training step (needed with continuation_ce_start > 0).
+  step: the training step (needed with continuation_ce_start > 0);
+  real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight > 0).
   """
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
   emb = gen_lib.to_embeddings(out, table, cfg.gen)
@@ -254,6 +282,12 @@ def generated_loss(
   gen_feats = feature_dict(encoder, emb, None, cfg) if cfg.uses_data or cfg.uses_continuation else None
   if cfg.uses_data:
     total, metrics = losses_lib.drift_losses(gen_feats, pos_feats, pos_w, cfg.groups, cfg.field)
+  if cfg.mixture_ce_weight:
+    if real_ids is None:
+      raise ValueError("drift.mixture_ce_weight needs the real rows' tokens")
+    mix = mixture_cross_entropy(out, real_ids, cfg.mixture_ce_positions)
+    total = total + cfg.mixture_ce_weight * mix
+    metrics["loss/mixture_ce"] = mix
   if not (cfg.uses_teacher or cfg.uses_continuation) and cfg.gen.head != "vocab":
     # Decoding an embedding head is a nearest-token search over the whole vocabulary ((B, L, V) distances):
     # the data-only step does not pay for it just to report the decoded tokens' diagnostics.
@@ -423,7 +457,9 @@ def train_step(
     def loss_fn(params):
       out = nnx.merge(graphdef, params)(noise, style)
       key = jax.random.fold_in(step_key, 1)
-      return generated_loss(encoder, out, pos_feats, pos_w, cfg, key=key, noise=noise, step=state["step"])
+      return generated_loss(
+        encoder, out, pos_feats, pos_w, cfg, key=key, noise=noise, step=state["step"], real_ids=real_ids
+      )
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
