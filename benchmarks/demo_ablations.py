@@ -276,6 +276,38 @@ VARIANTS = {
     "drift.mixture_ce_weight": 1.0,
     "drift.mixture_ce_positions": 16,
   },
+  "demo + mixture CE x1, first 32 positions, repair CE from step 0": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.mixture_ce_weight": 1.0,
+    "drift.mixture_ce_positions": 32,
+  },
+  # Coverage (session 11): each sample's cross-entropy toward one real story of the batch, matched one to one.
+  "demo + matched CE x1, first 16 positions, repair CE from step 0": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.matched_ce_weight": 1.0,
+    "drift.matched_ce_positions": 16,
+  },
+  "demo + matched CE x1, first 16 positions, repair CE from step 0, seed 1": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.matched_ce_weight": 1.0,
+    "drift.matched_ce_positions": 16,
+    "seed": 1,
+  },
+  "demo + matched CE x1, first 32 positions, repair CE from step 0": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.matched_ce_weight": 1.0,
+    "drift.matched_ce_positions": 32,
+  },
+  "demo + matched CE x1, all positions, repair CE from step 0": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.matched_ce_weight": 1.0,
+  },
+  "demo + matched CE x1, all positions": {**DEMO, "drift.matched_ce_weight": 1.0},
   "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,

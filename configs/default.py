@@ -110,6 +110,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.mixture_ce_weight = 0.0
   # The mixture cross-entropy's first this many positions (0: all): where real stories are aligned.
   config.drift.mixture_ce_positions = 0
+  # > 0: plus this weight times the cross-entropy of each sample toward one real story of the batch, matched one
+  # to one (greedily, by the head's own cross-entropy): each sample is pulled to a real story it is near, and
+  # the samples to as many stories as there are samples. Needs data.n_pos >= data.n_gen. 0: off.
+  config.drift.matched_ce_weight = 0.0
+  # The matched cross-entropy's first this many positions (0: all).
+  config.drift.matched_ce_positions = 0
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -54,6 +54,8 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     continuation_ce_start=config.drift.get("continuation_ce_start", 0),
     mixture_ce_weight=config.drift.get("mixture_ce_weight", 0.0),
     mixture_ce_positions=config.drift.get("mixture_ce_positions", 0),
+    matched_ce_weight=config.drift.get("matched_ce_weight", 0.0),
+    matched_ce_positions=config.drift.get("matched_ce_positions", 0),
     chunk=config.train.get("chunk", 0),
   )
 

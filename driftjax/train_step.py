@@ -88,6 +88,13 @@ class StepConfig:
   mixture_ce_weight: float = 0.0
   # The first this many positions (0: all), where real stories are aligned (their openings).
   mixture_ce_positions: int = 0
+  # > 0: plus this weight times the cross-entropy of each sample's head toward the tokens of one real row of the
+  # batch, the rows matched one to one to the samples so that the matches' total cross-entropy is small (greedy:
+  # matched_cross_entropy): every sample is pulled to a real story it is already near, and together the samples
+  # are pulled to as many real stories as there are samples (needs data.n_pos >= data.n_gen). 0: off.
+  matched_ce_weight: float = 0.0
+  # The first this many positions (0: all) make both the matching's cost and the cross-entropy.
+  matched_ce_positions: int = 0
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
 
@@ -134,6 +141,15 @@ class StepConfig:
     if not 0 <= self.mixture_ce_positions <= self.gen.seq_len:
       raise ValueError(
         f"drift.mixture_ce_positions={self.mixture_ce_positions} must be in [0, model.seq_len={self.gen.seq_len}]"
+      )
+    if self.matched_ce_weight < 0 or (self.matched_ce_weight and (self.gen.head != "vocab" or self.n_pos < self.n_gen)):
+      raise ValueError(
+        f"drift.matched_ce_weight={self.matched_ce_weight} must be >= 0 and needs model.head='vocab' and "
+        f"data.n_pos >= data.n_gen (got {self.n_pos} < {self.n_gen})"
+      )
+    if not 0 <= self.matched_ce_positions <= self.gen.seq_len:
+      raise ValueError(
+        f"drift.matched_ce_positions={self.matched_ce_positions} must be in [0, model.seq_len={self.gen.seq_len}]"
       )
     if self.uses_continuation and self.continuation_samples < 1:
       raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
@@ -255,6 +271,35 @@ def mixture_cross_entropy(logits: Array, real_ids: Array, positions: int = 0, sm
   return -jnp.mean(jnp.log(picked))
 
 
+def greedy_assignment(cost: Array) -> Array:
+  """A one-to-one match of rows to columns of cost (B, R), R >= B, by taking the cheapest remaining pair B times;
+  returns the column of each row (B,) int32. Not the optimal assignment, but within a factor of it and O(B B R)."""
+  b, r = cost.shape
+  if r < b:
+    raise ValueError(f"greedy_assignment needs at least as many columns as rows, got cost {cost.shape}")
+
+  def take(_, carry):
+    remaining, columns = carry
+    flat = jnp.argmin(remaining)
+    row, col = flat // r, flat % r
+    remaining = remaining.at[row, :].set(jnp.inf).at[:, col].set(jnp.inf)
+    return remaining, columns.at[row].set(col.astype(jnp.int32))
+
+  return jax.lax.fori_loop(0, b, take, (cost.astype(jnp.float32), jnp.zeros((b,), jnp.int32)))[1]
+
+
+def matched_cross_entropy(logits: Array, real_ids: Array, positions: int = 0) -> tuple[Array, Array]:
+  """Mean over samples b and positions t < positions (0: all) of -log softmax(logits[b, t])[real_ids[m(b), t]],
+  where m matches the B samples one to one to real rows (R >= B) by greedy_assignment of the costs
+  -sum_t log p_b,t(real_ids[r, t]) (no gradient through the matching). Returns the value and m (B,)."""
+  positions = positions or logits.shape[1]
+  logp = jax.nn.log_softmax(logits[:, :positions].astype(jnp.float32), axis=-1)  # (B, T, V)
+  real = jnp.broadcast_to(real_ids[:, :positions].T[None], (logits.shape[0], positions, real_ids.shape[0]))
+  cost = -jnp.sum(jnp.take_along_axis(logp, real, axis=-1), axis=1)  # (B, R)
+  match = greedy_assignment(jax.lax.stop_gradient(cost))
+  return jnp.mean(cost[jnp.arange(logits.shape[0]), match]) / positions, match
+
+
 def generated_loss(
   encoder,
   out: Array,
@@ -274,7 +319,7 @@ def generated_loss(
   key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation);
   noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise");
   step: the training step (needed with continuation_ce_start > 0);
-  real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight > 0).
+  real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight or matched_ce_weight > 0).
   """
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
   emb = gen_lib.to_embeddings(out, table, cfg.gen)
@@ -288,6 +333,15 @@ def generated_loss(
     mix = mixture_cross_entropy(out, real_ids, cfg.mixture_ce_positions)
     total = total + cfg.mixture_ce_weight * mix
     metrics["loss/mixture_ce"] = mix
+  if cfg.matched_ce_weight:
+    if real_ids is None:
+      raise ValueError("drift.matched_ce_weight needs the real rows' tokens")
+    matched, match = matched_cross_entropy(out, real_ids, cfg.matched_ce_positions)
+    total = total + cfg.matched_ce_weight * matched
+    metrics["loss/matched_ce"] = matched
+    # How far the samples are from their matches: the share of the matched positions whose argmax differs.
+    t = cfg.matched_ce_positions or out.shape[1]
+    metrics["diag/matched_changed"] = jnp.mean((jnp.argmax(out[:, :t], -1) != real_ids[match, :t]).astype(jnp.float32))
   if not (cfg.uses_teacher or cfg.uses_continuation) and cfg.gen.head != "vocab":
     # Decoding an embedding head is a nearest-token search over the whole vocabulary ((B, L, V) distances):
     # the data-only step does not pay for it just to report the decoded tokens' diagnostics.

@@ -107,6 +107,8 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       config.model.vocab_mode = "straight_through_linear"
     if policy in ("continue", "repair"):
       config.drift.continuation_ce_weight = 0.5
+    if policy == "repair":  # And each sample's cross-entropy toward its matched real row, first 6 tokens.
+      config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
     if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens.
       config.drift.mixture_ce_weight, config.drift.mixture_ce_positions = 0.5, 4
     config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
@@ -136,6 +138,10 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     assert ("loss/mixture_ce" in metrics) == (positives == "teacher")
     if "loss/mixture_ce" in metrics:  # Between 0 and a token no sample offers (log(V / 1e-4)).
       assert 0 < metrics["loss/mixture_ce"] < np.log(50_257 / 1e-4)
+    assert ("loss/matched_ce" in metrics) == (policy == "repair")
+    if "loss/matched_ce" in metrics:  # A random head: about log V per token, nearly every token off its match.
+      assert 1.0 < metrics["loss/matched_ce"] < 2 * np.log(50_257)
+      assert 0.5 < metrics["diag/matched_changed"] <= 1
     if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
       assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
     if "continuation" in positives:
