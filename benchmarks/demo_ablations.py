@@ -296,6 +296,19 @@ VARIANTS = {
     "drift.matched_ce_positions": 16,
     "seed": 1,
   },
+  "demo + matched CE x1, first 16 positions, repair CE from step 0, repairs at temperature 0.5": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 1.0,
+    "drift.matched_ce_weight": 1.0,
+    "drift.matched_ce_positions": 16,
+    "drift.continuation_temperature": 0.5,
+  },
+  "demo + matched CE x1, first 16 positions, repair CE x2 from step 0": {
+    **REPAIR_OWN,
+    "drift.continuation_ce_weight": 2.0,
+    "drift.matched_ce_weight": 1.0,
+    "drift.matched_ce_positions": 16,
+  },
   "demo + matched CE x1, first 32 positions, repair CE from step 0": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,
@@ -307,7 +320,6 @@ VARIANTS = {
     "drift.continuation_ce_weight": 1.0,
     "drift.matched_ce_weight": 1.0,
   },
-  "demo + matched CE x1, all positions": {**DEMO, "drift.matched_ce_weight": 1.0},
   "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,
