@@ -273,7 +273,7 @@ def mixture_cross_entropy(logits: Array, real_ids: Array, positions: int = 0, sm
 
 def greedy_assignment(cost: Array) -> Array:
   """A one-to-one match of rows to columns of cost (B, R), R >= B, by taking the cheapest remaining pair B times;
-  returns the column of each row (B,) int32. Not the optimal assignment, but within a factor of it and O(B B R)."""
+  returns the column of each row (B,) int32. O(B B R); not the optimal assignment (Hungarian), which may cost less."""
   b, r = cost.shape
   if r < b:
     raise ValueError(f"greedy_assignment needs at least as many columns as rows, got cost {cost.shape}")
