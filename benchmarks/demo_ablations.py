@@ -58,6 +58,13 @@ REPAIR_OWN = {
 # from step 300".
 FIELD_ALONE = {"drift.continuation_ce_weight": 0.0, "drift.continuation_ce_start": 0}
 DEMO = {**REPAIR_OWN, "drift.continuation_ce_weight": 1.0, "drift.continuation_ce_start": 300}
+# Session 11's setting: the repair cross-entropy from step 0 and the matched cross-entropy on the first 16 tokens.
+MATCHED_16 = {
+  **REPAIR_OWN,
+  "drift.continuation_ce_weight": 1.0,
+  "drift.matched_ce_weight": 1.0,
+  "drift.matched_ce_positions": 16,
+}
 VARIANTS = {
   "demo (flat kernel, straight-through)": {},
   "flat, soft expected embedding": {"model.vocab_mode": "soft"},
@@ -283,43 +290,18 @@ VARIANTS = {
     "drift.mixture_ce_positions": 32,
   },
   # Coverage (session 11): each sample's cross-entropy toward one real story of the batch, matched one to one.
-  "demo + matched CE x1, first 16 positions, repair CE from step 0": {
-    **REPAIR_OWN,
-    "drift.continuation_ce_weight": 1.0,
-    "drift.matched_ce_weight": 1.0,
-    "drift.matched_ce_positions": 16,
-  },
-  "demo + matched CE x1, first 16 positions, repair CE from step 0, seed 1": {
-    **REPAIR_OWN,
-    "drift.continuation_ce_weight": 1.0,
-    "drift.matched_ce_weight": 1.0,
-    "drift.matched_ce_positions": 16,
-    "seed": 1,
-  },
+  "demo + matched CE x1, first 16 positions, repair CE from step 0": MATCHED_16,
+  "demo + matched CE x1, first 16 positions, repair CE from step 0, seed 1": {**MATCHED_16, "seed": 1},
   "demo + matched CE x1, first 16 positions, repair CE from step 0, repairs at temperature 0.5": {
-    **REPAIR_OWN,
-    "drift.continuation_ce_weight": 1.0,
-    "drift.matched_ce_weight": 1.0,
-    "drift.matched_ce_positions": 16,
+    **MATCHED_16,
     "drift.continuation_temperature": 0.5,
   },
   "demo + matched CE x1, first 16 positions, repair CE x2 from step 0": {
-    **REPAIR_OWN,
+    **MATCHED_16,
     "drift.continuation_ce_weight": 2.0,
-    "drift.matched_ce_weight": 1.0,
-    "drift.matched_ce_positions": 16,
   },
-  "demo + matched CE x1, first 32 positions, repair CE from step 0": {
-    **REPAIR_OWN,
-    "drift.continuation_ce_weight": 1.0,
-    "drift.matched_ce_weight": 1.0,
-    "drift.matched_ce_positions": 32,
-  },
-  "demo + matched CE x1, all positions, repair CE from step 0": {
-    **REPAIR_OWN,
-    "drift.continuation_ce_weight": 1.0,
-    "drift.matched_ce_weight": 1.0,
-  },
+  "demo + matched CE x1, first 32 positions, repair CE from step 0": {**MATCHED_16, "drift.matched_ce_positions": 32},
+  "demo + matched CE x1, all positions, repair CE from step 0": {**MATCHED_16, "drift.matched_ce_positions": 0},
   "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,

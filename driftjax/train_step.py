@@ -138,19 +138,14 @@ class StepConfig:
       )
     if self.mixture_ce_weight < 0 or (self.mixture_ce_weight and self.gen.head != "vocab"):
       raise ValueError(f"drift.mixture_ce_weight={self.mixture_ce_weight} must be >= 0 and needs model.head='vocab'")
-    if not 0 <= self.mixture_ce_positions <= self.gen.seq_len:
-      raise ValueError(
-        f"drift.mixture_ce_positions={self.mixture_ce_positions} must be in [0, model.seq_len={self.gen.seq_len}]"
-      )
     if self.matched_ce_weight < 0 or (self.matched_ce_weight and (self.gen.head != "vocab" or self.n_pos < self.n_gen)):
       raise ValueError(
         f"drift.matched_ce_weight={self.matched_ce_weight} must be >= 0 and needs model.head='vocab' and "
         f"data.n_pos >= data.n_gen (got {self.n_pos} < {self.n_gen})"
       )
-    if not 0 <= self.matched_ce_positions <= self.gen.seq_len:
-      raise ValueError(
-        f"drift.matched_ce_positions={self.matched_ce_positions} must be in [0, model.seq_len={self.gen.seq_len}]"
-      )
+    for name in ("mixture_ce_positions", "matched_ce_positions"):
+      if not 0 <= getattr(self, name) <= self.gen.seq_len:
+        raise ValueError(f"drift.{name}={getattr(self, name)} must be in [0, model.seq_len={self.gen.seq_len}]")
     if self.uses_continuation and self.continuation_samples < 1:
       raise ValueError(f"drift.continuation_samples={self.continuation_samples} must be >= 1")
     if self.chunk < 0:
