@@ -104,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The cross-entropy from this step on (0: from the start, which makes every sample the same story; after the
   # field alone has spread the samples it sharpens each: docs/demo.md, session 9).
   config.drift.continuation_ce_start = 0
+  # The cross-entropy's targets: "draws" (a sample's M draws: the mean over them) or "likeliest" (the one of its
+  # draws the LM finds likeliest: one consistent target per sample).
+  config.drift.continuation_ce_target = "draws"
   # > 0: plus this weight times the cross-entropy of real stories' tokens under the batch's mixture of the vocab
   # head's distributions at each position: together the samples must offer every real choice (coverage), while
   # no sample is pulled to the marginal. 0: off.

@@ -52,6 +52,7 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     continuation_temperature=config.drift.get("continuation_temperature", 1.0),
     continuation_ce_weight=config.drift.get("continuation_ce_weight", 0.0),
     continuation_ce_start=config.drift.get("continuation_ce_start", 0),
+    continuation_ce_target=config.drift.get("continuation_ce_target", "draws"),
     mixture_ce_weight=config.drift.get("mixture_ce_weight", 0.0),
     mixture_ce_positions=config.drift.get("mixture_ce_positions", 0),
     matched_ce_weight=config.drift.get("matched_ce_weight", 0.0),

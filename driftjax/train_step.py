@@ -31,6 +31,7 @@ Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
 POSITIVE_PARTS = ("data", "teacher", "continuation")  # drift.positives: one or several joined by "+".
 CONTINUATION_POLICIES = ("continue", "repair", "resample", "ancestral")
+CE_TARGETS = ("draws", "likeliest")
 CONTINUATION_COUPLINGS = ("none", "noise")
 
 
@@ -81,6 +82,10 @@ class StepConfig:
   # The cross-entropy applies from this step on (0: from the start): from the start it makes every sample the same
   # story; after the field alone has spread the samples it sharpens each one (docs/demo.md, session 9).
   continuation_ce_start: int = 0
+  # The cross-entropy's targets: "draws" (each sample's M draws, so the mean over them: where the draws disagree
+  # the head is pulled to all their choices at once) or "likeliest" (the one of a sample's M draws that the LM
+  # finds likeliest: one consistent story per sample; an extra teacher-forced LM pass over the draws).
+  continuation_ce_target: str = "draws"
   # > 0: plus this weight times the cross-entropy of the real rows' tokens under the batch's mixture of the vocab
   # head's distributions at each position (mixture_cross_entropy): the samples together must give every real
   # story's token at each position some probability, so they cannot all make the same choice, while no single
@@ -131,6 +136,13 @@ class StepConfig:
       raise ValueError(
         f"drift.continuation_ce_weight={self.continuation_ce_weight} must be >= 0 and needs continuation positives "
         "and model.head='vocab'"
+      )
+    if self.continuation_ce_target not in CE_TARGETS or (
+      self.continuation_ce_target != "draws" and not self.continuation_ce_weight
+    ):
+      raise ValueError(
+        f"drift.continuation_ce_target={self.continuation_ce_target!r}; expected one of {CE_TARGETS} "
+        "(other than 'draws' only with continuation_ce_weight > 0)"
       )
     if self.continuation_ce_start < 0 or (self.continuation_ce_start and not self.continuation_ce_weight):
       raise ValueError(
@@ -251,6 +263,18 @@ def continuation_cross_entropy(logits: Array, targets: Array, per_sample: int) -
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, None]  # (B, 1, L, V): no copy per draw.
   own = targets.reshape(logits.shape[0], per_sample, logits.shape[1], 1)
   return -jnp.mean(jnp.take_along_axis(logp, own, axis=-1))
+
+
+def likeliest_draws(lm_logits: Array, draws: Array, per_sample: int) -> tuple[Array, Array]:
+  """The likeliest of each sample's draws: draws (B * per_sample, L), grouped by sample as in
+  continuation_cross_entropy, and the LM's next-token logits lm_logits (B * per_sample, L, V) at each of their
+  positions (the LM read each row after a start token). Returns the rows (B, L) whose total log-probability
+  sum_t log p(draws[r, t] | draws[r, :t]) is the highest of their sample's, and those totals (B * per_sample,)."""
+  logp = jax.nn.log_softmax(lm_logits.astype(jnp.float32), axis=-1)
+  total = jnp.sum(jnp.take_along_axis(logp, draws[..., None], axis=-1)[..., 0], axis=-1)
+  best = jnp.argmax(total.reshape(-1, per_sample), axis=-1)
+  rows = draws.reshape(-1, per_sample, draws.shape[-1])
+  return rows[jnp.arange(rows.shape[0]), best], total
 
 
 def mixture_cross_entropy(logits: Array, real_ids: Array, positions: int = 0, smoothing: float = 1e-4) -> Array:
@@ -392,7 +416,13 @@ def generated_loss(
       )
     total = total + cfg.continuation_weight * c_loss
     if cfg.continuation_ce_weight:
-      ce = continuation_cross_entropy(out, cont, m // copies)
+      targets, per_sample = cont, m // copies
+      if cfg.continuation_ce_target == "likeliest" and per_sample > 1:
+        lm_in = jnp.concatenate([jnp.full((cont.shape[0], 1), eos, jnp.int32), cont[:, :-1]], axis=1)
+        lm_logits = encoder(input_ids=lm_in, logits=True)["logits"][..., : cfg.gen.vocab_size]
+        targets, _ = likeliest_draws(jax.lax.stop_gradient(lm_logits), cont, per_sample)
+        per_sample = 1
+      ce = continuation_cross_entropy(out, targets, per_sample)
       weight = jnp.asarray(cfg.continuation_ce_weight, jnp.float32)
       if cfg.continuation_ce_start:
         if step is None:
@@ -407,6 +437,9 @@ def generated_loss(
     metrics["diag/cont_changed"] = jnp.mean(changed.astype(jnp.float32))
     first = jnp.where(jnp.any(changed, 1), jnp.argmax(changed, 1), ids.shape[1])
     metrics["diag/cont_first_changed"] = jnp.mean(first.astype(jnp.float32))
+    if m // copies > 1:  # Where a sample's draws disagree: the share of its positions where they are not all one.
+      draws = cont.reshape(ids.shape[0], m // copies, ids.shape[1])
+      metrics["diag/cont_disagree"] = jnp.mean(jnp.any(draws != draws[:, :1], axis=1).astype(jnp.float32))
   if cfg.uses_teacher:
     t_loss, aux = teacher_lib.teacher_loss(
       emb, ids, cand, weights, table, config=cfg.field, queue_ids=queue_ids, repeat_window=cfg.teacher_repeat_window

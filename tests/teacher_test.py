@@ -95,7 +95,8 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     ("data+teacher+continuation", "resample"),
     ("continuation", "ancestral"),  # With draws coupled to the generator's noise.
     ("continuation", "repair"),  # Greedy draws (M copies of one row), the linear straight-through head.
-  ):  # The continue and greedy repair cases add the cross-entropy toward the continuations (M rows / 1 row each).
+  ):  # The continue and greedy repair cases add the cross-entropy toward the continuations (the likeliest of M
+    # rows / the one row of each sample).
     config = tiny_config()
     config.model.head = "vocab"
     config.model.vocab_mode = "straight_through"
@@ -107,6 +108,8 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       config.model.vocab_mode = "straight_through_linear"
     if policy in ("continue", "repair"):
       config.drift.continuation_ce_weight = 0.5
+    if policy == "continue":
+      config.drift.continuation_ce_target = "likeliest"
     if policy == "repair":  # And each sample's cross-entropy toward its matched real row, first 6 tokens.
       config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
     if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens.
@@ -186,17 +189,24 @@ def test_diagnostics_count_duplicates_before_the_end_and_effective_positives():
   np.testing.assert_allclose(d["diag/agree"], np.mean([2, 1, 1, 1, 1, 2]) / 2)
 
 
-def test_continuation_cross_entropy_starts_at_its_step(tmp_path):
+def repair_ce_config(**drift):
+  """The smoke config with the demo's kind of step: repairs, each sample's own, a vocab head, the repairs'
+  cross-entropy at 0.5; plus the given drift settings."""
   config = tiny_config()
   config.model.head = "vocab"
   config.model.vocab_mode = "straight_through"
   config.drift.positives = "continuation"
   config.drift.continuation_policy = "repair"
   config.drift.continuation_kernel = "own"
-  config.drift.teacher_floor = 0.0
+  config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
   config.drift.continuation_ce_weight = 0.5
-  config.drift.continuation_ce_start = 3
-  trainer = train.setup(config, str(tmp_path))
+  for key, value in drift.items():
+    config.drift[key] = value
+  return config
+
+
+def test_continuation_cross_entropy_starts_at_its_step(tmp_path):
+  trainer = train.setup(repair_ce_config(continuation_ce_start=3), str(tmp_path))
   cfg = trainer.cfg
   out = jax.random.normal(jax.random.key(0), (cfg.n_gen, cfg.gen.seq_len, cfg.gen.vocab_size))
   loss = jax.jit(
