@@ -47,9 +47,11 @@ def test_targets_measure_each_goal():
 def test_paper_variant_is_pure_feature_matching():
   config = demo_config.get_config("paper")  # --config=configs/demo.py:paper
   step = train_state.step_config(config, out_dim=32, vocab_size=300)  # Validates the combination.
-  assert step.positive_source == "data" and step.continuation_ce_weight == 0 and step.continuation_ce_start == 0
+  assert step.positive_source == "data" and step.continuation_ce_weight == 0 and step.matched_ce_weight == 0
+  assert step.mixture_ce_weight == 0
   demo_step = train_state.step_config(demo_config.get_config(), out_dim=32, vocab_size=300)
   assert demo_step.positive_source == "continuation" and demo_step.continuation_ce_weight > 0
+  assert demo_step.matched_ce_weight > 0 and demo_step.n_pos >= demo_step.n_gen
   with pytest.raises(ValueError, match="'paper'"):
     demo_config.get_config("papr")
 
@@ -65,7 +67,7 @@ def tiny_config():
   m.seq_len, m.width, m.depth, m.heads, m.noise_dim, m.style_tokens, m.style_codebook = 32, 32, 1, 2, 8, 2, 4
   config.drift.layers = (1,)
   config.optim.total_steps, config.optim.warmup_steps = 4, 1
-  config.drift.continuation_ce_start = 2  # The demo's cross-entropy joins in the last two steps.
+  config.drift.matched_ce_positions = 8  # The demo's 16 opening positions, scaled to 32-token rows.
   config.train.checkpoint_every, config.train.eval_every, config.train.eval_samples, config.train.log_every = 2, 2, 8, 2
   config.sample.n_samples = config.sample.batch = config.eval.ar_batch = config.eval.bleu_samples = 8
   return config
