@@ -53,9 +53,15 @@ REPAIR_OWN = {
   "drift.continuation_policy": "repair",
   "drift.continuation_kernel": "own",
 }
-# name -> config overrides on top of configs/demo.py with the cross-entropies off (FIELD_ALONE): the field alone,
-# as in the rows of sessions 1-9; configs/demo.py itself is the variant MATCHED_16 (session 12 on; DEMO before).
-FIELD_ALONE = {"drift.continuation_ce_weight": 0.0, "drift.continuation_ce_start": 0, "drift.matched_ce_weight": 0.0}
+# name -> config overrides on top of configs/demo.py with the cross-entropies off and the field at full weight
+# (FIELD_ALONE), as in the rows of sessions 1-9; configs/demo.py itself is the variant "matched 16, field x0.2"
+# (since session 12; DEMO before).
+FIELD_ALONE = {
+  "drift.continuation_ce_weight": 0.0,
+  "drift.continuation_ce_start": 0,
+  "drift.matched_ce_weight": 0.0,
+  "drift.continuation_weight": 1.0,
+}
 # The demo of sessions 9-11: the repair cross-entropy from step 300.
 DEMO = {**REPAIR_OWN, "drift.continuation_ce_weight": 1.0, "drift.continuation_ce_start": 300}
 # Session 11's setting: the repair cross-entropy from step 0 and the matched cross-entropy on the first 16 tokens.
@@ -318,6 +324,7 @@ VARIANTS = {
   "matched 16, lr 1.5e-3": {**MATCHED_16, "optim.lr": 1.5e-3},
   # What each part does: the cross-entropies without the field; the generator's size; the batch's noise.
   "matched 16, no field (the two cross-entropies only)": {**MATCHED_16, "drift.continuation_weight": 0.0},
+  "matched 16, field x0.2": {**MATCHED_16, "drift.continuation_weight": 0.2},
   "matched 16, generator 256 wide, 4 deep": {**MATCHED_16, "model.width": 256, "model.depth": 4},
   "matched 16, 8 draws per sample": {**MATCHED_16, "drift.continuation_samples": 8},
   "matched 16, 64 samples and 64 real stories per step": {**MATCHED_16, "data.n_gen": 64, "data.n_pos": 64},

@@ -52,6 +52,7 @@ def test_paper_variant_is_pure_feature_matching():
   demo_step = train_state.step_config(demo_config.get_config(), out_dim=32, vocab_size=300)
   assert demo_step.positive_source == "continuation" and demo_step.continuation_ce_weight > 0
   assert demo_step.matched_ce_weight > 0 and demo_step.n_pos >= demo_step.n_gen
+  assert demo_step.continuation_weight > 0  # The drifting field stays on beside the cross-entropies.
   with pytest.raises(ValueError, match="'paper'"):
     demo_config.get_config("papr")
 
