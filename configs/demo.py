@@ -77,8 +77,8 @@ def get_config(variant: str = ""):
   config.drift.continuation_kernel = "own"
   config.drift.continuation_samples = 4
   # The field at a fifth of its weight beside the two cross-entropies below (docs/demo.md "Session 12": over 600
-  # steps gen-PPL 3.1 under the independent LM and grammatical_rate 0.87, against 5.6 / 11.4 and 0.77 / 0.65 on two
-  # seeds at full weight, whose late sentences broke; without the field, 3.0 / 3.1 and 0.85 / 0.84).
+  # steps, two seeds, gen-PPL 3.1 / 3.4 under the independent LM and grammatical_rate 0.87 / 0.82, against 5.6 /
+  # 11.4 and 0.77 / 0.65 at full weight, whose late sentences broke; without the field, 3.0 / 3.1 and 0.85 / 0.84).
   config.drift.continuation_weight = 0.2
   # Also the cross-entropy of the vocab head toward those repairs, and toward one real story per sample over the
   # first 16 positions (the openings), the stories matched one to one to the samples (matched_cross_entropy):
@@ -86,7 +86,8 @@ def get_config(variant: str = ""):
   # start at step 0 (docs/demo.md "Session 11": over two seeds of 600 steps gen-PPL 5.6 / 11.8, grammatical_rate
   # 0.77 / 0.65, coverage_tv 0.48 / 0.53, against 5.8 / 10.3, 0.75 / 0.63 and 0.69 / 0.63 with the repairs' CE
   # alone from step 300, which made most samples the same happy bear).
-  # The field alone: --config.drift.continuation_ce_weight=0 --config.drift.matched_ce_weight=0
+  # The field alone, at full weight: --config.drift.continuation_ce_weight=0 --config.drift.matched_ce_weight=0
+  # --config.drift.continuation_weight=1
   config.drift.continuation_ce_weight = 1.0
   config.drift.continuation_ce_start = 0
   config.drift.matched_ce_weight = 1.0
