@@ -322,12 +322,10 @@ VARIANTS = {
   "matched 16, 1,200 steps": {**MATCHED_16, "optim.total_steps": 1200},
   # Half the learning rate: is the steps' noise (a target that moves with the samples) the limit?
   "matched 16, lr 1.5e-3": {**MATCHED_16, "optim.lr": 1.5e-3},
-  # What each part does: the cross-entropies without the field; the generator's size; the batch's noise.
+  # What each part does: the cross-entropies without the field or with a weaker one; the generator's size.
   "matched 16, no field (the two cross-entropies only)": {**MATCHED_16, "drift.continuation_weight": 0.0},
   "matched 16, field x0.2": {**MATCHED_16, "drift.continuation_weight": 0.2},
   "matched 16, generator 256 wide, 4 deep": {**MATCHED_16, "model.width": 256, "model.depth": 4},
-  "matched 16, 8 draws per sample": {**MATCHED_16, "drift.continuation_samples": 8},
-  "matched 16, 64 samples and 64 real stories per step": {**MATCHED_16, "data.n_gen": 64, "data.n_pos": 64},
   "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,
