@@ -257,6 +257,14 @@ def decoded_ids(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig) -> A
   return jnp.argmin(d2, axis=-1).astype(jnp.int32)
 
 
+def lm_next_token_logits(encoder, rows: Array, vocab_size: int) -> Array:
+  """The frozen LM's next-token logits (N, L, vocab_size) at each position of rows (N, L) read after a start token
+  (end-of-text): position t's are for rows[:, t] given rows[:, :t]. No gradient (one teacher-forced pass)."""
+  start = jnp.full((rows.shape[0], 1), encoder.cfg.eos_token_id, jnp.int32)
+  lm_in = jnp.concatenate([start, rows[:, :-1]], axis=1)
+  return jax.lax.stop_gradient(encoder(input_ids=lm_in, logits=True)["logits"][..., :vocab_size])
+
+
 def continuation_cross_entropy(logits: Array, targets: Array, per_sample: int) -> Array:
   """Mean cross-entropy of logits (B, L, V) toward target tokens (B * per_sample, L), whose rows are grouped by
   sample (sample b's targets are rows b * per_sample ... (b + 1) * per_sample - 1)."""
@@ -370,10 +378,8 @@ def generated_loss(
   cand = weights = None
   if cfg.uses_teacher or (cfg.uses_continuation and cfg.continuation_policy == "resample"):
     # The LM's likely next tokens after each sample's own prefix (one pass, teacher-forced).
-    lm_in = jnp.concatenate([jnp.full((ids.shape[0], 1), eos, jnp.int32), ids[:, :-1]], axis=1)
-    logits = jax.lax.stop_gradient(encoder(input_ids=lm_in, logits=True)["logits"][..., : cfg.gen.vocab_size])
     cand, weights = teacher_lib.next_token_candidates(
-      logits,
+      lm_next_token_logits(encoder, ids, cfg.gen.vocab_size),
       ids,
       top_k=cfg.teacher_top_k,
       floor=cfg.teacher_floor,
@@ -415,14 +421,13 @@ def generated_loss(
         gen_feats, cont_feats, jnp.ones((cfg.groups, cfg.n_gen * m)), cfg.groups, cfg.field
       )
     total = total + cfg.continuation_weight * c_loss
+    per_sample = m // copies  # Distinct rows of cont per sample (its draws).
     if cfg.continuation_ce_weight:
-      targets, per_sample = cont, m // copies
+      targets, ce_rows = cont, per_sample
       if cfg.continuation_ce_target == "likeliest" and per_sample > 1:
-        lm_in = jnp.concatenate([jnp.full((cont.shape[0], 1), eos, jnp.int32), cont[:, :-1]], axis=1)
-        lm_logits = encoder(input_ids=lm_in, logits=True)["logits"][..., : cfg.gen.vocab_size]
-        targets, _ = likeliest_draws(jax.lax.stop_gradient(lm_logits), cont, per_sample)
-        per_sample = 1
-      ce = continuation_cross_entropy(out, targets, per_sample)
+        targets, _ = likeliest_draws(lm_next_token_logits(encoder, cont, cfg.gen.vocab_size), cont, per_sample)
+        ce_rows = 1
+      ce = continuation_cross_entropy(out, targets, ce_rows)
       weight = jnp.asarray(cfg.continuation_ce_weight, jnp.float32)
       if cfg.continuation_ce_start:
         if step is None:
@@ -437,8 +442,8 @@ def generated_loss(
     metrics["diag/cont_changed"] = jnp.mean(changed.astype(jnp.float32))
     first = jnp.where(jnp.any(changed, 1), jnp.argmax(changed, 1), ids.shape[1])
     metrics["diag/cont_first_changed"] = jnp.mean(first.astype(jnp.float32))
-    if m // copies > 1:  # Where a sample's draws disagree: the share of its positions where they are not all one.
-      draws = cont.reshape(ids.shape[0], m // copies, ids.shape[1])
+    if per_sample > 1:  # Where a sample's draws disagree: the share of its positions where they are not all one.
+      draws = cont.reshape(ids.shape[0], per_sample, ids.shape[1])
       metrics["diag/cont_disagree"] = jnp.mean(jnp.any(draws != draws[:, :1], axis=1).astype(jnp.float32))
   if cfg.uses_teacher:
     t_loss, aux = teacher_lib.teacher_loss(
