@@ -53,13 +53,14 @@ REPAIR_OWN = {
   "drift.continuation_policy": "repair",
   "drift.continuation_kernel": "own",
 }
-# name -> config overrides on top of configs/demo.py with the cross-entropies off and the field at full weight
-# (FIELD_ALONE), as in the rows of sessions 1-9; configs/demo.py itself is the variant "matched 16, field x0.2"
-# (since session 12; DEMO before).
+# name -> config overrides on top of configs/demo.py with the cross-entropies and the pooled bag off and the field
+# at full weight (FIELD_ALONE), as in the rows of sessions 1-9; configs/demo.py itself is the variant
+# "demo + mixture bigram bag x1" (since session 13; "matched 16, field x0.2" in session 12, DEMO before).
 FIELD_ALONE = {
   "drift.continuation_ce_weight": 0.0,
   "drift.continuation_ce_start": 0,
   "drift.matched_ce_weight": 0.0,
+  "drift.mixture_bag_weight": 0.0,
   "drift.continuation_weight": 1.0,
 }
 # The demo of sessions 9-11: the repair cross-entropy from step 300.
@@ -71,6 +72,9 @@ MATCHED_16 = {
   "drift.matched_ce_weight": 1.0,
   "drift.matched_ce_positions": 16,
 }
+# configs/demo.py of session 12: MATCHED_16 with the field at a fifth of its weight; since session 13 configs/demo.py
+# is the variant "demo + mixture bigram bag x1".
+DEMO_12 = {**MATCHED_16, "drift.continuation_weight": 0.2}
 VARIANTS = {
   "demo (flat kernel, straight-through)": {},
   "flat, soft expected embedding": {"model.vocab_mode": "soft"},
@@ -326,6 +330,45 @@ VARIANTS = {
   "matched 16, no field (the two cross-entropies only)": {**MATCHED_16, "drift.continuation_weight": 0.0},
   "matched 16, field x0.2": {**MATCHED_16, "drift.continuation_weight": 0.2},
   "matched 16, generator 256 wide, 4 deep": {**MATCHED_16, "model.width": 256, "model.depth": 4},
+  # Coverage of the later choices (session 13): the matching and the matched cross-entropy also compare the
+  # whole bags of tokens (order ignored), so a sample is matched to, and pulled to, a story with its later choices.
+  "demo + bag x1": {**DEMO_12, "drift.matched_ce_bag_weight": 1.0},
+  "demo + bag x3": {**DEMO_12, "drift.matched_ce_bag_weight": 3.0},
+  # The batch's pooled bag against the real rows': the samples together say each token as often as stories do.
+  "demo + mixture bag x1": {**DEMO_12, "drift.mixture_bag_weight": 1.0},
+  "demo + mixture bag x3": {**DEMO_12, "drift.mixture_bag_weight": 3.0},
+  # Bags of adjacent pairs (bag-of-ngrams training, arXiv 1911.09320, pooled over the batch).
+  "demo + mixture bigram bag x1": {**DEMO_12, "drift.mixture_bag_weight": 1.0, "drift.mixture_bag_n": 2},
+  "demo + mixture bigram bag x3": {**DEMO_12, "drift.mixture_bag_weight": 3.0, "drift.mixture_bag_n": 2},
+  "demo + mixture trigram bag x1": {**DEMO_12, "drift.mixture_bag_weight": 1.0, "drift.mixture_bag_n": 3},
+  "demo + mixture bigram bag x1 + bag x1": {
+    **DEMO_12,
+    "drift.mixture_bag_weight": 1.0,
+    "drift.mixture_bag_n": 2,
+    "drift.matched_ce_bag_weight": 1.0,
+  },
+  "demo + mixture bag x1, 64 samples per step": {
+    **DEMO_12,
+    "drift.mixture_bag_weight": 1.0,
+    "data.n_gen": 64,
+    "data.n_pos": 64,
+  },
+  "demo + bag x1 + mixture bag x1": {**DEMO_12, "drift.matched_ce_bag_weight": 1.0, "drift.mixture_bag_weight": 1.0},
+  # The LM's own samples driven by each sample's noise (ancestral, noise-coupled draws) as the cross-entropy's
+  # target and the field's positives: sequence-level distillation of the LM into the one-step generator.
+  "demo, ancestral coupled CE, top 16": {
+    **DEMO_12,
+    "drift.continuation_policy": "ancestral",
+    "drift.continuation_coupling": "noise",
+    "drift.teacher_top_k": 16,
+  },
+  "demo, ancestral coupled CE, top 16, no matched CE": {
+    **DEMO_12,
+    "drift.continuation_policy": "ancestral",
+    "drift.continuation_coupling": "noise",
+    "drift.teacher_top_k": 16,
+    "drift.matched_ce_weight": 0.0,
+  },
   "continuation, repair, own, + repair CE x1 from step 300, seed 1": {
     **REPAIR_OWN,
     "drift.continuation_ce_weight": 1.0,
@@ -424,13 +467,14 @@ def set_path(config, path: str, value) -> None:
   node[path.split(".")[-1]] = value
 
 
-def scores(ids: np.ndarray, trainer, evaluator=None, reference=None) -> dict[str, float]:
+def scores(ids: np.ndarray, trainer, evaluator=None, reference=None) -> dict:
   rows = decode.truncate_at_eos(ids, trainer.tokenizer.eos_token_id)
   texts = [trainer.tokenizer.decode(r) for r in rows]
   reference = reference if reference is not None else texts
   agree = np.mean([np.bincount(ids[:, p]).max() / len(ids) for p in range(ids.shape[1])])
   # Where grammar breaks: the share of grammatical sentences among each text's last three.
   last3 = [synthetic.grammatical_rate(" ".join(synthetic.split_sentences(t)[-3:])) for t in texts]
+  by_slot = synthetic.coverage_tv_by_slot(texts, reference)
   return {
     "gen_ppl": text_metrics.gen_ppl(trainer.encoder, trainer.tokenizer, texts),
     "eval_ppl": text_metrics.gen_ppl(*evaluator, texts) if evaluator else float("nan"),
@@ -443,7 +487,8 @@ def scores(ids: np.ndarray, trainer, evaluator=None, reference=None) -> dict[str
     "distinct_2": text_metrics.distinct_n(rows, 2),
     "agree": float(agree),
     # The grammar's choices (character, name, place, ...) against held-out stories' (issue 14's coverage).
-    "coverage_tv": synthetic.coverage_tv(texts, reference),
+    "coverage_tv": float(np.mean(list(by_slot.values()))),
+    "coverage_by_slot": by_slot,
   }
 
 
@@ -527,8 +572,8 @@ def main():
   print(f"{args.kind}, {args.steps} steps, {jax.devices()[0].device_kind}, evaluator {evaluator and eval_dir}")
   print(
     "| variant | gen_ppl | eval_ppl | grammatical_rate | gram_last3 | unended | distinct_2 | agree | dup_adjacent | "
-    "head_top_p | eff_positives | cont_changed | cont_disagree | coverage_tv | seconds |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "head_top_p | eff_positives | cont_changed | cont_disagree | bag_overlap | coverage_tv | seconds |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   )
   first = None
   for name, seed in runs:
@@ -551,7 +596,7 @@ def main():
       print(
         f"| data (held-out stories) | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
         f"{r['gram_last3']:.3f} | {r['unended']:.3f} | {r['distinct_2']:.3f} | {r['agree']:.3f} | "
-        f"{r['dup_adjacent']:.3f} | | | | | {r['coverage_tv']:.3f} | |",
+        f"{r['dup_adjacent']:.3f} | | | | | | {r['coverage_tv']:.3f} | |",
         flush=True,
       )
     t0 = time.time()
@@ -563,13 +608,15 @@ def main():
     top_p, eff = metrics.get("diag/head_top_p_median", float("nan")), metrics.get("diag/eff_positives", float("nan"))
     changed = metrics.get("diag/cont_changed", float("nan"))
     disagree = metrics.get("diag/cont_disagree", float("nan"))
+    overlap = metrics.get("diag/matched_bag_overlap", float("nan"))
     print(
       f"| {name} | {r['gen_ppl']:.3g} | {r['eval_ppl']:.3g} | {r['grammatical_rate']:.3f} | "
       f"{r['gram_last3']:.3f} | {r['unended']:.3f} | {r['distinct_2']:.3f} | {r['agree']:.3f} | "
-      f"{r['dup_adjacent']:.3f} | {top_p:.2f} | {eff:.2f} | {changed:.3f} | {disagree:.3f} | "
+      f"{r['dup_adjacent']:.3f} | {top_p:.2f} | {eff:.2f} | {changed:.3f} | {disagree:.3f} | {overlap:.3f} | "
       f"{r['coverage_tv']:.3f} | {time.time() - t0:.0f} |",
       flush=True,
     )
+    print("    coverage by slot: " + " ".join(f"{k} {v:.2f}" for k, v in r["coverage_by_slot"].items()), flush=True)
     for row in decode.truncate_at_eos(ids[: args.show], trainer.tokenizer.eos_token_id):
       print(f"    {trainer.tokenizer.decode(row)!r}", flush=True)
 

@@ -119,6 +119,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.matched_ce_weight = 0.0
   # The matched cross-entropy's first this many positions (0: all).
   config.drift.matched_ce_positions = 0
+  # > 0: the matching and the matched cross-entropy also hold this weight times the divergence of the sample's
+  # bag of tokens (order ignored) from its match's: the match's later choices count wherever they are said.
+  config.drift.matched_ce_bag_weight = 0.0
+  # > 0: plus this weight times the divergence of the batch's pooled bag of tokens from the real rows': together
+  # the samples must say each token as often as real stories do, wherever they say it. 0: off.
+  config.drift.mixture_bag_weight = 0.0
+  # The pooled bag's units: 1, tokens; 2 (3), runs of two (three) adjacent tokens.
+  config.drift.mixture_bag_n = 1
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -124,6 +124,12 @@ def markdown(report: dict) -> str:
       f"| {k} | {v['value']:.3g} | {v['target']} | {'yes' if v['met'] else 'no'} |"
       for k, v in report["targets"].items()
     ]
+  slots = {n: rows[n]["coverage_by_slot"] for n in ("final", "ar", "data") if "coverage_by_slot" in rows[n]}
+  if slots:  # Which of the grammar's choices the samples miss (the data row: a fresh draw, the noise floor).
+    names = list(next(iter(slots.values())))
+    lines += ["", "coverage_tv by slot (each choice's distribution against the data's):", ""]
+    lines += ["| row | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(f"{tv[k]:.2f}" for k in names) + " |" for n, tv in slots.items()]
   for name in ("final", "data", "init"):
     lines += ["", f"## Samples: {name}", ""]
     lines += [f"{i + 1}. {json.dumps(t)}" for i, t in enumerate(report["samples"][name])]

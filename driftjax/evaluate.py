@@ -206,13 +206,15 @@ def teacher_samples(lm, tokenizer, n: int, length: int, batch: int, key) -> list
 
 
 def add_coverage(result: dict, ref: dict, sample_texts, data_rows, ar_rows, tokenizer, seed: int) -> None:
-  """coverage_tv of the samples and of the ar row against the data reference; the data row's own value is its
-  distance to a fresh draw of the grammar of the same size: the floor that sampling noise sets."""
+  """coverage_tv (and coverage_by_slot) of the samples and of the ar row against the data reference; the data
+  row's own value is its distance to a fresh draw of the grammar of the same size: the floor that sampling noise
+  sets."""
   data_texts = [tokenizer.decode(t) for t in data_rows]
-  result["coverage_tv"] = synthetic.coverage_tv(sample_texts, data_texts)
-  ref["ar"]["coverage_tv"] = synthetic.coverage_tv([tokenizer.decode(t) for t in ar_rows], data_texts)
   fresh = synthetic.generate_stories(len(data_texts), seed=seed + 1_000_003)
-  ref["data"]["coverage_tv"] = synthetic.coverage_tv(data_texts, fresh)
+  pairs = ((result, sample_texts, data_texts), (ref["ar"], [tokenizer.decode(t) for t in ar_rows], data_texts))
+  for row, texts, against in pairs + ((ref["data"], data_texts, fresh),):
+    row["coverage_by_slot"] = synthetic.coverage_tv_by_slot(texts, against)  # Which choices are missing.
+    row["coverage_tv"] = float(np.mean(list(row["coverage_by_slot"].values())))
 
 
 def temperature_sweep(config, workdir, step, tokenizer, encoder, evaluator, eval_tok) -> dict:

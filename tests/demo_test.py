@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import demo as demo_config
@@ -48,11 +49,12 @@ def test_paper_variant_is_pure_feature_matching():
   config = demo_config.get_config("paper")  # --config=configs/demo.py:paper
   step = train_state.step_config(config, out_dim=32, vocab_size=300)  # Validates the combination.
   assert step.positive_source == "data" and step.continuation_ce_weight == 0 and step.matched_ce_weight == 0
-  assert step.mixture_ce_weight == 0
+  assert step.mixture_ce_weight == 0 and step.mixture_bag_weight == 0
   demo_step = train_state.step_config(demo_config.get_config(), out_dim=32, vocab_size=300)
   assert demo_step.positive_source == "continuation" and demo_step.continuation_ce_weight > 0
   assert demo_step.matched_ce_weight > 0 and demo_step.n_pos >= demo_step.n_gen
   assert demo_step.continuation_weight > 0  # The drifting field stays on beside the cross-entropies.
+  assert demo_step.mixture_bag_weight > 0 and demo_step.mixture_bag_n == 2
   with pytest.raises(ValueError, match="'paper'"):
     demo_config.get_config("papr")
 
@@ -92,6 +94,9 @@ def test_demo_end_to_end_writes_the_report_and_reuses_its_work(tmp_path, capsys)
     row = report["rows"][name]
     assert row["gen_ppl_encoder"] > 1 and row["gen_ppl_encoder"] != row["gen_ppl"]
     assert 0.0 <= row["coverage_tv"] <= 1.0
+    if name != "init":  # Slot by slot (the report's table): their mean is coverage_tv.
+      assert row["coverage_tv"] == pytest.approx(np.mean(list(row["coverage_by_slot"].values())))
+  assert "coverage_tv by slot" in open(tmp_path / "report.md").read()
   with open(os.path.join(workdir, "samples", "step_4.jsonl")) as f:
     ids = [tuple(json.loads(line)["token_ids"]) for line in f]
   assert report["rows"]["final"]["distinct_samples"] == pytest.approx(len(set(ids)) / len(ids))

@@ -1,4 +1,5 @@
-"""train_step.matched_cross_entropy: each sample toward one real story, matched one to one (coverage)."""
+"""train_step.matched_cross_entropy: each sample toward one real story, matched one to one (coverage), by its
+first positions and by its whole bag of tokens."""
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +34,13 @@ def test_each_sample_gets_the_real_row_it_is_nearest_and_no_two_share_one():
   probs[2, :, 1] = 0.35
   probs /= probs.sum(-1, keepdims=True)
   real = jnp.array([[0, 1], [1, 1], [2, 2], [0, 0]])
-  value, match = train_step.matched_cross_entropy(jnp.log(jnp.asarray(probs)), real)
+  value, match, _ = train_step.matched_cross_entropy(jnp.log(jnp.asarray(probs)), real)
   np.testing.assert_array_equal(match, [2, 0, 1])
   expected = -np.mean([np.log(probs[b, t, real[m, t]]) for b, m in enumerate([2, 0, 1]) for t in range(2)])
   np.testing.assert_allclose(float(value), expected, rtol=1e-6)
   # The first position only: sample 2's first token is 2 with 0.6 but row 2 is sample 0's (0.9); row 1 ("1")
   # costs it less than rows 0 or 3 ("0").
-  first, match1 = train_step.matched_cross_entropy(jnp.log(jnp.asarray(probs)), real, positions=1)
+  first, match1, _ = train_step.matched_cross_entropy(jnp.log(jnp.asarray(probs)), real, positions=1)
   np.testing.assert_array_equal(match1, [2, 0, 1])
   np.testing.assert_allclose(
     float(first), -np.mean(np.log([probs[0, 0, 2], probs[1, 0, 0], probs[2, 0, 1]])), rtol=1e-6
@@ -49,11 +50,85 @@ def test_each_sample_gets_the_real_row_it_is_nearest_and_no_two_share_one():
 def test_gradient_is_the_cross_entropy_toward_the_match_with_the_matching_held_fixed():
   logits = jax.random.normal(jax.random.key(1), (4, 3, 5))
   real = jax.random.randint(jax.random.key(2), (6, 3), 0, 5)
-  _, match = train_step.matched_cross_entropy(logits, real)
+  _, match, _ = train_step.matched_cross_entropy(logits, real)
   grad = jax.grad(lambda z: train_step.matched_cross_entropy(z, real)[0])(logits)
   p = jax.nn.softmax(logits, -1)
   expected = (p - jax.nn.one_hot(real[match], 5)) / (4 * 3)
   np.testing.assert_allclose(grad, expected, atol=1e-6)
+
+
+def entropy(row):
+  share = np.bincount(row) / len(row)
+  return -np.sum(share[share > 0] * np.log(share[share > 0]))
+
+
+def test_bag_divergence_ignores_order_and_counts_tokens():
+  # Two positions, four tokens. Sample 0 says "0 1" (0.9 each), sample 1 is uniform.
+  probs = np.full((2, 2, 4), 0.25)
+  probs[0] = 0.1 / 3
+  probs[0, 0, 0] = probs[0, 1, 1] = 0.9
+  real = jnp.array([[0, 1], [1, 0], [0, 0], [2, 3]])
+  cost = np.asarray(train_step.bag_divergence(jnp.log(jnp.asarray(probs)), real, smoothing=0.0))
+  bag0 = probs[0].mean(0)  # Sample 0's bag: 0 and 1 with 0.467 each.
+  expected = [-np.mean(np.log(bag0[r])) - entropy(r) for r in np.asarray(real)]  # KL = cross-entropy - entropy.
+  np.testing.assert_allclose(cost[0], expected, rtol=1e-5)
+  assert cost[0, 0] == pytest.approx(cost[0, 1])  # "0 1" and "1 0" are one bag.
+  assert cost[0, 0] < 0.1 < cost[0, 2] < cost[0, 3]  # "0 0" has half the bag (one 1 too few); "2 3" none of it.
+  np.testing.assert_allclose(cost[1], np.log(4.0) - [entropy(r) for r in np.asarray(real)], rtol=1e-5)
+  # Smoothing: a token the sample never offers costs log(V / smoothing), not infinity.
+  never = np.full((1, 2, 4), -1e9)
+  never[0, :, 0] = 0.0
+  assert float(train_step.bag_divergence(jnp.asarray(never), jnp.array([[1, 1]]))[0, 0]) == pytest.approx(
+    np.log(4 / 1e-4), rel=1e-3
+  )
+
+
+def test_bag_gradient_pushes_the_position_that_offers_a_token_most():
+  # d cost / d logits[t, v] = -1/L^2 sum_s p_t(r_s) (delta(r_s, v) - p_t(v)) / q(r_s), q the bag (no smoothing):
+  # the cross-entropy's gradient (the row's entropy is a constant).
+  logits = jax.random.normal(jax.random.key(3), (1, 3, 5))
+  real = jnp.array([[4, 4, 2]])
+  grad = jax.grad(lambda z: train_step.bag_divergence(z, real, smoothing=0.0)[0, 0])(logits)[0]
+  p = np.asarray(jax.nn.softmax(logits, -1))[0]
+  q = p.mean(0)
+  expected = np.zeros((3, 5))
+  for r in np.asarray(real[0]):
+    expected -= p[:, [r]] * (np.eye(5)[r][None] - p) / q[r] / 9
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+  push = -np.asarray(grad)[:, 4]  # Toward token 4: largest where p_t(4) is largest.
+  assert np.argmax(push) == np.argmax(p[:, 4])
+
+
+def test_the_bags_match_samples_to_rows_that_say_the_same_things_elsewhere():
+  # Sample 0 says "0 1 2", sample 1 "3 2 1" (its first token might also be 0). By the first position alone,
+  # sample 0 takes row 0 ("0 2 1") and sample 1 row 2 ("3 4 4": its first token). With the bags (x3), sample 1
+  # takes row 1 ("1 2 3": its own tokens in another order) instead.
+  probs = np.full((2, 3, 5), 0.02)
+  for b, toks, sure in ((0, (0, 1, 2), 0.92), (1, (3, 2, 1), 0.5)):
+    for t, v in enumerate(toks):
+      probs[b, t, v] = sure
+  probs[1, 0, 0] = 0.42
+  probs /= probs.sum(-1, keepdims=True)
+  logits = jnp.log(jnp.asarray(probs))
+  real = jnp.array([[0, 2, 1], [1, 2, 3], [3, 4, 4]])
+  _, by_first, no_bag = train_step.matched_cross_entropy(logits, real, positions=1)
+  np.testing.assert_array_equal(by_first, [0, 2])
+  assert float(no_bag) == 0.0  # No bag term asked: none reported.
+  value, match, bag = train_step.matched_cross_entropy(logits, real, positions=1, bag_weight=3.0)
+  np.testing.assert_array_equal(match, [0, 1])
+  bags = np.asarray(train_step.bag_divergence(logits, real))
+  first = -np.log(probs[:, 0, :])  # (B, V): the first position's cost of each token.
+  np.testing.assert_allclose(float(bag), np.mean([bags[0, 0], bags[1, 1]]), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(value), np.mean([first[0, 0] + 3 * bags[0, 0], first[1, 1] + 3 * bags[1, 1]]), rtol=1e-5
+  )
+
+
+def test_bag_overlap_counts_shared_tokens_with_their_counts():
+  ids = jnp.array([[1, 1, 2, 3], [5, 5, 5, 5]])
+  real = jnp.array([[1, 2, 2, 4], [5, 5, 0, 0]])
+  np.testing.assert_allclose(train_step.bag_overlap(ids, real, 6), [0.5, 0.5])
+  np.testing.assert_allclose(train_step.bag_overlap(real, real, 6), [1.0, 1.0])
 
 
 @pytest.mark.parametrize(
@@ -74,4 +149,14 @@ def test_matched_settings_are_checked(head, weight, positions, n_pos, match):
   if n_pos is not None:
     config.data.n_pos = n_pos
   with pytest.raises(ValueError, match=match):
+    train_state.step_config(config, 64, 100)
+
+
+@pytest.mark.parametrize("weight, bag", [(0.5, -1.0), (0.0, 1.0)])
+def test_bag_settings_are_checked(weight, bag):
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.drift.matched_ce_weight = weight
+  config.drift.matched_ce_bag_weight = bag
+  with pytest.raises(ValueError, match="matched_ce_bag_weight"):
     train_state.step_config(config, 64, 100)

@@ -1,4 +1,5 @@
-"""train_step.mixture_cross_entropy: real tokens under the batch's mixture of the head's distributions (coverage)."""
+"""train_step.mixture_cross_entropy: real tokens under the batch's mixture of the head's distributions (coverage),
+position by position; train_step.mixture_bag_divergence: the same with positions pooled (bags of tokens)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from train_test import tiny_config
 
+from driftjax import train
 from driftjax import train_state
 from driftjax import train_step
 
@@ -65,3 +67,90 @@ def test_mixture_settings_are_checked(head, weight, positions, match):
   config.drift.mixture_ce_positions = positions
   with pytest.raises(ValueError, match=match):
     train_state.step_config(config, 64, 100)
+
+
+def test_the_pooled_bag_ignores_which_sample_says_what_and_where():
+  # The pooled bag of PROBS: the mean over both samples' both positions.
+  bag = PROBS.reshape(-1, 3).mean(0)
+  share = np.bincount(np.asarray(REAL).ravel(), minlength=3) / REAL.size
+  expected = np.sum(share * np.log(share / bag))
+  value = train_step.mixture_bag_divergence(jnp.log(PROBS), REAL, smoothing=0.0)
+  np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+  moved = PROBS[::-1, ::-1]  # Samples swapped, positions reversed: one pooled bag.
+  np.testing.assert_allclose(
+    float(train_step.mixture_bag_divergence(jnp.log(moved), REAL, smoothing=0.0)), expected, rtol=1e-5
+  )
+  # Real stories that say 0, 1, 2 once each: a batch that says them once each in any order is at 0; a batch that
+  # always says 0 is not.
+  real = jnp.array([[0, 1, 2]])
+  spread = jnp.log(jnp.array([[[0.98, 0.01, 0.01], [0.01, 0.01, 0.98]], [[0.01, 0.98, 0.01], [0.98, 0.01, 0.01]]]))
+  collapsed = jnp.log(jnp.array([[[0.98, 0.01, 0.01]] * 2] * 2))
+  assert float(train_step.mixture_bag_divergence(spread, real)) < 0.2
+  assert float(train_step.mixture_bag_divergence(collapsed, real)) > 1.0
+
+
+def test_the_pooled_bag_pushes_the_sample_and_position_that_offer_a_missing_token_most():
+  # Real rows that say only token 2: d / d logits[b, t] = -p_bt(2) (onehot(2) - p_bt) / (B L q(2)), q the pooled
+  # bag; toward 2 that is p_bt(2) (1 - p_bt(2)) / (B L q(2)): largest where p_bt(2) is (while it is below 1/2).
+  logits = 0.5 * jax.random.normal(jax.random.key(4), (3, 4, 5))
+  real = jnp.full((2, 4), 2)
+  grad = np.asarray(jax.grad(lambda z: train_step.mixture_bag_divergence(z, real, smoothing=0.0))(logits))
+  p = np.asarray(jax.nn.softmax(logits, -1))
+  q2 = p[..., 2].mean()
+  np.testing.assert_allclose(grad, -p[..., 2:3] * (np.eye(5)[2] - p) / (12 * q2), rtol=1e-5, atol=1e-7)
+  assert p[..., 2].max() < 0.5
+  push = -grad[..., 2]
+  assert np.unravel_index(np.argmax(push), push.shape) == np.unravel_index(np.argmax(p[..., 2]), push.shape)
+
+
+def test_the_pooled_bag_of_pairs_counts_adjacent_tokens_in_order():
+  # Real pairs: "0 1", "1 2" (row 0) and "0 1", "1 1" (row 1): shares 1/2, 1/4, 1/4.
+  real = jnp.array([[0, 1, 2], [0, 1, 1]])
+  p = np.asarray(jax.nn.softmax(jax.random.normal(jax.random.key(5), (2, 3, 3)), -1))
+  q = {
+    (a, c): np.mean([p[b, t, a] * p[b, t + 1, c] for b in range(2) for t in range(2)])
+    for a in range(3)
+    for c in range(3)
+  }
+  expected = -(0.5 * np.log(q[0, 1] / 0.5) + 0.25 * np.log(q[1, 2] / 0.25) + 0.25 * np.log(q[1, 1] / 0.25))
+  value = train_step.mixture_bag_divergence(jnp.log(p), real, n=2, smoothing=0.0)
+  np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+  # A batch that says "0 1 2" and "0 1 1" (surely) is at 0; one that says "2 1 0" has the tokens but not the pairs.
+  sure = lambda rows: jnp.log(jax.nn.one_hot(jnp.array(rows), 3) * 0.97 + 0.01)
+  assert float(train_step.mixture_bag_divergence(sure([[0, 1, 2], [0, 1, 1]]), real, n=2)) < 0.15
+  backwards = sure([[2, 1, 0], [1, 1, 0]])
+  assert float(train_step.mixture_bag_divergence(backwards, real, n=1)) < 0.15
+  assert float(train_step.mixture_bag_divergence(backwards, real, n=2)) > 1.0
+  # Triples: "0 1 2 0" and "0 1 1 2" against themselves and against "0 1 1 0" and "0 1 2 2" (other triples).
+  real3 = jnp.array([[0, 1, 2, 0], [0, 1, 1, 2]])
+  assert float(train_step.mixture_bag_divergence(sure([[0, 1, 2, 0], [0, 1, 1, 2]]), real3, n=3)) < 0.15
+  assert float(train_step.mixture_bag_divergence(sure([[0, 1, 1, 0], [0, 1, 2, 2]]), real3, n=3)) > 1.0
+
+
+@pytest.mark.parametrize(
+  "head, weight, n", [("embedding", 0.5, 1), ("vocab", -1.0, 1), ("vocab", 0.5, 0), ("vocab", 0.5, 4)]
+)
+def test_mixture_bag_settings_are_checked(head, weight, n):
+  config = tiny_config()
+  config.model.head = head
+  config.drift.mixture_bag_weight = weight
+  config.drift.mixture_bag_n = n
+  with pytest.raises(ValueError, match="mixture_bag"):
+    train_state.step_config(config, 64, 100)
+
+
+def test_the_terms_on_real_tokens_say_when_they_are_missing(tmp_path):
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.drift.mixture_bag_weight, config.drift.mixture_bag_n = 1.0, 2
+  trainer = train.setup(config, str(tmp_path))
+  cfg = trainer.cfg
+  out = jax.random.normal(jax.random.key(0), (cfg.n_gen, cfg.gen.seq_len, cfg.gen.vocab_size))
+  pos = train_step.feature_dict(trainer.encoder, None, jnp.zeros((cfg.n_pos, cfg.gen.seq_len), jnp.int32), cfg)
+  args = (trainer.encoder, out, pos, jnp.ones((1, cfg.n_pos)), cfg)
+  with pytest.raises(ValueError, match="mixture_bag_weight needs the real rows' tokens"):
+    train_step.generated_loss(*args)
+  real = jax.random.randint(jax.random.key(1), (cfg.n_pos, cfg.gen.seq_len), 0, cfg.gen.vocab_size)
+  _, metrics = train_step.generated_loss(*args, real_ids=real)
+  expected = train_step.mixture_bag_divergence(out, real, n=2)
+  np.testing.assert_allclose(float(metrics["loss/mixture_bag"]), float(expected), rtol=1e-5)

@@ -1,5 +1,8 @@
 """The synthetic story grammar and its checker."""
 
+import re
+
+import numpy as np
 import pytest
 
 from driftjax.data import synthetic
@@ -80,3 +83,15 @@ def test_coverage_tv():
   assert synthetic.coverage_tv(["the the the."] * 10, b[:10]) > 0.9
   with pytest.raises(ValueError, match="needs samples and reference"):
     synthetic.coverage_tv([], b)
+
+
+def test_coverage_by_slot_names_the_missing_choices():
+  a, b = synthetic.generate_stories(400, seed=0), synthetic.generate_stories(400, seed=1)
+  # Every character and friend called Lily: only the two name slots move.
+  names = re.compile(r"\b(" + "|".join(synthetic.NAMES) + r")\b")
+  lily = [names.sub("Lily", t) for t in a]
+  by_slot = synthetic.coverage_tv_by_slot(lily, b)
+  assert set(by_slot) == set(synthetic.COVERAGE_SLOTS)
+  assert by_slot["name"] > 0.8 and by_slot["friend"] > 0.8
+  assert all(by_slot[k] == synthetic.coverage_tv_by_slot(a, b)[k] for k in by_slot if k not in ("name", "friend"))
+  assert synthetic.coverage_tv(lily, b) == pytest.approx(np.mean(list(by_slot.values())))

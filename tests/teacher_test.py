@@ -110,10 +110,12 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       config.drift.continuation_ce_weight = 0.5
     if policy == "continue":
       config.drift.continuation_ce_target = "likeliest"
-    if policy == "repair":  # And each sample's cross-entropy toward its matched real row, first 6 tokens.
+    if policy == "repair":  # And each sample's cross-entropy toward its matched real row: first 6 tokens, bags.
       config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
-    if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens.
+      config.drift.matched_ce_bag_weight = 1.0
+    if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens, and their bags.
       config.drift.mixture_ce_weight, config.drift.mixture_ce_positions = 0.5, 4
+      config.drift.mixture_bag_weight = 0.5
     config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
     config.drift.teacher_repeat_ngram = 2
     config.drift.teacher_repeat_window = 2
@@ -141,10 +143,15 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     assert ("loss/mixture_ce" in metrics) == (positives == "teacher")
     if "loss/mixture_ce" in metrics:  # Between 0 and a token no sample offers (log(V / 1e-4)).
       assert 0 < metrics["loss/mixture_ce"] < np.log(50_257 / 1e-4)
+      # A random head's pooled bag is near uniform: its divergence from the real bag is about log V - entropy.
+      assert 1.0 < metrics["loss/mixture_bag"] < np.log(50_257)
     assert ("loss/matched_ce" in metrics) == (policy == "repair")
     if "loss/matched_ce" in metrics:  # A random head: about log V per token, nearly every token off its match.
       assert 1.0 < metrics["loss/matched_ce"] < 2 * np.log(50_257)
       assert 0.5 < metrics["diag/matched_changed"] <= 1
+      # The bags: about log V under a random head; a random head shares almost no tokens with its match.
+      assert 1.0 < metrics["loss/matched_bag"] < 2 * np.log(50_257)
+      assert 0 <= metrics["diag/matched_bag_overlap"] < 0.5
     if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
       assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
     if "continuation" in positives:

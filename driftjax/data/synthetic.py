@@ -205,18 +205,24 @@ def story_choices(text: str) -> dict[str, str]:
   return {slot: found.get(slot, NONE) for slot in COVERAGE_SLOTS}
 
 
-def coverage_tv(samples: Sequence[str], reference: Sequence[str]) -> float:
-  """Mean over COVERAGE_SLOTS of the total-variation distance between the samples' and the reference's
-  distributions of that slot's value (NONE included: a story that never says where it is counts as such).
-  0 when both sets choose alike; 1 when they never agree. Two draws of the grammar differ by sampling noise."""
+def coverage_tv_by_slot(samples: Sequence[str], reference: Sequence[str]) -> dict[str, float]:
+  """{slot: the total-variation distance between the samples' and the reference's distributions of that slot's
+  value} over COVERAGE_SLOTS (NONE included: a story that never says where it is counts as such). 0 when both
+  sets choose alike; 1 when they never agree. Two draws of the grammar differ by sampling noise."""
   if not samples or not reference:
     raise ValueError("coverage_tv needs samples and reference stories")
   a = [story_choices(t) for t in samples]
   b = [story_choices(t) for t in reference]
-  tvs = []
+  tvs = {}
   for slot in COVERAGE_SLOTS:
     values = {c[slot] for c in a} | {c[slot] for c in b}
     pa = {v: sum(c[slot] == v for c in a) / len(a) for v in values}
     pb = {v: sum(c[slot] == v for c in b) / len(b) for v in values}
-    tvs.append(0.5 * sum(abs(pa[v] - pb[v]) for v in values))
-  return float(np.mean(tvs))
+    tvs[slot] = float(0.5 * sum(abs(pa[v] - pb[v]) for v in values))
+  return tvs
+
+
+def coverage_tv(samples: Sequence[str], reference: Sequence[str]) -> float:
+  """The mean over COVERAGE_SLOTS of coverage_tv_by_slot: how far the samples' choices (character, name, place,
+  object, feelings, ...) are spread from the reference's."""
+  return float(np.mean(list(coverage_tv_by_slot(samples, reference).values())))
