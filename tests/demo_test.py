@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_config
+from configs import demo_tinystories as tinystories_config
 from driftjax import demo
 from driftjax import train_state
 
@@ -57,6 +58,9 @@ def test_paper_variant_is_pure_feature_matching():
   assert demo_step.mixture_bag_weight > 0 and demo_step.mixture_bag_n == 2
   with pytest.raises(ValueError, match="'paper'"):
     demo_config.get_config("papr")
+  # Real stories: the demo's step without the pooled bag of pairs (docs/demo.md, "Real stories").
+  stories = train_state.step_config(tinystories_config.get_config(), out_dim=32, vocab_size=300)
+  assert stories.mixture_bag_weight == 0 and stories.matched_ce_weight == demo_step.matched_ce_weight
 
 
 def tiny_config():
