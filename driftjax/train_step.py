@@ -335,6 +335,13 @@ def greedy_assignment(cost: Array) -> Array:
   return jax.lax.fori_loop(0, b, take, (cost.astype(jnp.float32), jnp.zeros((b,), jnp.int32)))[1]
 
 
+def empirical_entropy(units: Array) -> Array:
+  """The entropy of the empirical distribution of S units of n tokens, units (..., S, n): -1/S sum_s log c(u_s),
+  c(u_s) the share of the S units equal to u_s. Returns (...). Memory O(S^2)."""
+  same = jnp.all(units[..., :, None, :] == units[..., None, :, :], axis=-1)  # (..., S, S)
+  return -jnp.mean(jnp.log(jnp.mean(same.astype(jnp.float32), axis=-1)), axis=-1)
+
+
 def bag_divergence(logits: Array, real_ids: Array, smoothing: float = 1e-4) -> Array:
   """(B, R): KL(c_r || q_b) between real row r's bag of tokens c_r (the share of its L positions holding each
   token) and sample b's q_b (the mean over its L positions of softmax(logits[b]), mixed with `smoothing` of the
@@ -344,10 +351,7 @@ def bag_divergence(logits: Array, real_ids: Array, smoothing: float = 1e-4) -> A
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   bag = (1.0 - smoothing) * jnp.mean(probs, axis=1) + smoothing / logits.shape[-1]  # (B, V)
   cross = -jnp.mean(jnp.log(bag[:, real_ids]), axis=-1)  # (B, R, L) -> (B, R)
-  rows = jnp.arange(real_ids.shape[0])[:, None]
-  share = jnp.zeros((real_ids.shape[0], logits.shape[-1]), jnp.float32).at[rows, real_ids].add(1.0 / real_ids.shape[1])
-  entropy = -jnp.sum(share * jnp.log(jnp.maximum(share, 1e-30)), axis=-1)  # (R,): 0 log 0 = 0.
-  return cross - entropy[None]
+  return cross - empirical_entropy(real_ids[..., None])[None]
 
 
 def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing: float = 1e-4) -> Array:
@@ -360,15 +364,12 @@ def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing
   for the demo's 32 + 32 rows of 96 tokens, about 40 MB."""
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   length = real_ids.shape[1] - n + 1
-  grams = jnp.stack([real_ids[:, i : i + length].reshape(-1) for i in range(n)])  # (n, S): the real n-grams.
-  expected = jnp.ones((probs.shape[0], probs.shape[1] - n + 1, grams.shape[1]), jnp.float32)
+  grams = jnp.stack([real_ids[:, i : i + length].reshape(-1) for i in range(n)], -1)  # (S, n): the real n-grams.
+  expected = jnp.ones((probs.shape[0], probs.shape[1] - n + 1, grams.shape[0]), jnp.float32)
   for i in range(n):  # The chance that sample b says real n-gram s at start t: (B, T, S).
-    expected = expected * probs[:, i : i + probs.shape[1] - n + 1][..., grams[i]]
+    expected = expected * probs[:, i : i + probs.shape[1] - n + 1][..., grams[:, i]]
   q = (1.0 - smoothing) * jnp.mean(expected, axis=(0, 1)) + smoothing / float(logits.shape[-1]) ** n
-  # The real n-grams' entropy: -E_s log c(g_s), c(g_s) the share of the S n-grams equal to g_s.
-  same = jnp.all(grams[:, :, None] == grams[:, None, :], axis=0)  # (S, S)
-  entropy = -jnp.mean(jnp.log(jnp.mean(same.astype(jnp.float32), axis=1)))
-  return -jnp.mean(jnp.log(q)) - entropy
+  return -jnp.mean(jnp.log(q)) - empirical_entropy(grams)
 
 
 def matched_cross_entropy(

@@ -62,6 +62,16 @@ def entropy(row):
   return -np.sum(share[share > 0] * np.log(share[share > 0]))
 
 
+def test_empirical_entropy_counts_equal_units():
+  tokens = jnp.array([[0], [0], [1], [2]])  # Shares 1/2, 1/4, 1/4.
+  expected = -(0.5 * np.log(0.5) + 0.5 * np.log(0.25))
+  np.testing.assert_allclose(float(train_step.empirical_entropy(tokens)), expected, rtol=1e-6)
+  pairs = jnp.array([[0, 1], [0, 1], [1, 0], [0, 2]])  # "0 1" twice; "1 0" is another pair.
+  np.testing.assert_allclose(float(train_step.empirical_entropy(pairs)), expected, rtol=1e-6)
+  rows = jnp.stack([tokens, jnp.zeros_like(tokens)])  # Leading axes: one entropy per row.
+  np.testing.assert_allclose(train_step.empirical_entropy(rows), [expected, 0.0], rtol=1e-6, atol=1e-7)
+
+
 def test_bag_divergence_ignores_order_and_counts_tokens():
   # Two positions, four tokens. Sample 0 says "0 1" (0.9 each), sample 1 is uniform.
   probs = np.full((2, 2, 4), 0.25)
