@@ -420,15 +420,17 @@ def generated_loss(
   real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight, mixture_bag_weight or matched_ce_weight
   > 0).
   """
+  uses_real = [name for name in ("mixture_ce_weight", "mixture_bag_weight", "matched_ce_weight") if getattr(cfg, name)]
+  if uses_real and real_ids is None:
+    raise ValueError(f"drift.{uses_real[0]} needs the real rows' tokens")
+  if cfg.uses_continuation and cfg.continuation_ce_start and step is None:
+    raise ValueError("drift.continuation_ce_start needs the training step")
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
   emb = gen_lib.to_embeddings(out, table, cfg.gen)
   total, metrics = jnp.zeros((), jnp.float32), {}
   gen_feats = feature_dict(encoder, emb, None, cfg) if cfg.uses_data or cfg.uses_continuation else None
   if cfg.uses_data:
     total, metrics = losses_lib.drift_losses(gen_feats, pos_feats, pos_w, cfg.groups, cfg.field)
-  uses_real = [name for name in ("mixture_ce_weight", "mixture_bag_weight", "matched_ce_weight") if getattr(cfg, name)]
-  if uses_real and real_ids is None:
-    raise ValueError(f"drift.{uses_real[0]} needs the real rows' tokens")
   if cfg.mixture_ce_weight:
     mix = mixture_cross_entropy(out, real_ids, cfg.mixture_ce_positions)
     total = total + cfg.mixture_ce_weight * mix
@@ -509,8 +511,6 @@ def generated_loss(
       ce = continuation_cross_entropy(out, targets, ce_rows)
       weight = jnp.asarray(cfg.continuation_ce_weight, jnp.float32)
       if cfg.continuation_ce_start:
-        if step is None:
-          raise ValueError("drift.continuation_ce_start needs the training step")
         weight = jnp.where(step >= cfg.continuation_ce_start, weight, 0.0)
       total = total + weight * ce
       metrics["loss/continuation_ce"] = ce
