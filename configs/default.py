@@ -122,6 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: the matching and the matched cross-entropy also hold this weight times the divergence of the sample's
   # bag of tokens (order ignored) from its match's: the match's later choices count wherever they are said.
   config.drift.matched_ce_bag_weight = 0.0
+  # > 0: the matching and the matched cross-entropy compare a sample with a real story under their cheapest
+  # monotone alignment, each token of either left unaligned costing this many nats (a sentence said a few tokens
+  # early or late is still compared with the same sentence). 0: position by position.
+  config.drift.matched_ce_gap = 0.0
   # > 0: plus this weight times the divergence of the batch's pooled bag of tokens from the real rows': together
   # the samples must say each token as often as real stories do, wherever they say it. 0: off.
   config.drift.mixture_bag_weight = 0.0

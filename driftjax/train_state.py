@@ -58,6 +58,7 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
     matched_ce_weight=config.drift.get("matched_ce_weight", 0.0),
     matched_ce_positions=config.drift.get("matched_ce_positions", 0),
     matched_ce_bag_weight=config.drift.get("matched_ce_bag_weight", 0.0),
+    matched_ce_gap=config.drift.get("matched_ce_gap", 0.0),
     mixture_bag_weight=config.drift.get("mixture_bag_weight", 0.0),
     mixture_bag_n=config.drift.get("mixture_bag_n", 1),
     chunk=config.train.get("chunk", 0),

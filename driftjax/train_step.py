@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from driftjax.drift import alignment as align_lib
 from driftjax.drift import features as feat_lib
 from driftjax.drift import field as field_lib
 from driftjax.drift import losses as losses_lib
@@ -105,6 +106,11 @@ class StepConfig:
   # which start at different positions in different stories, still count): each sample is pulled to its match's
   # choices (object, feelings, friend) wherever it says them. 0: off.
   matched_ce_bag_weight: float = 0.0
+  # > 0: the matching's cost and the matched cross-entropy compare a sample with a real row under their cheapest
+  # monotone alignment (alignment.aligned_cross_entropy), each token of either left unaligned costing this many
+  # nats: a sample that says a later sentence a few tokens early or late is pulled to that sentence's words, not
+  # to whatever the real row has at the same positions. 0: position by position.
+  matched_ce_gap: float = 0.0
   # > 0: plus this weight times the divergence of the batch's bag of n-grams (all samples' positions pooled) from
   # the real rows' (mixture_bag_divergence): together the samples must say each token (n-gram) as often as real
   # stories do, wherever and whichever sample says it; the push toward a missing one goes to the sample and
@@ -167,6 +173,8 @@ class StepConfig:
         f"drift.matched_ce_weight={self.matched_ce_weight} must be >= 0 and needs model.head='vocab' and "
         f"data.n_pos >= data.n_gen (got {self.n_pos} < {self.n_gen})"
       )
+    if self.matched_ce_gap < 0 or (self.matched_ce_gap and not self.matched_ce_weight):
+      raise ValueError(f"drift.matched_ce_gap={self.matched_ce_gap} must be >= 0 and needs matched_ce_weight > 0")
     if self.matched_ce_bag_weight < 0 or (self.matched_ce_bag_weight and not self.matched_ce_weight):
       raise ValueError(
         f"drift.matched_ce_bag_weight={self.matched_ce_bag_weight} must be >= 0 and needs matched_ce_weight > 0"
@@ -373,17 +381,21 @@ def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing
 
 
 def matched_cross_entropy(
-  logits: Array, real_ids: Array, positions: int = 0, bag_weight: float = 0.0
+  logits: Array, real_ids: Array, positions: int = 0, bag_weight: float = 0.0, gap: float = 0.0
 ) -> tuple[Array, Array, Array]:
   """Mean over samples b of cost[b, m(b)], where cost[b, r] is -1/T sum_{t < T} log softmax(logits[b, t])
-  [real_ids[r, t]] over the first T = positions (0: all) positions, plus bag_weight times bag_divergence
-  (the whole rows' bags of tokens), and m matches the B samples one to one to real rows (R >= B) by
-  greedy_assignment of those costs (no gradient through the matching). Returns the value, m (B,) and the
-  matched pairs' bag divergence (0 when bag_weight is 0)."""
+  [real_ids[r, t]] over the first T = positions (0: all) positions (with gap > 0: the same under the cheapest
+  monotone alignment of the two rows' first T tokens, each unaligned token costing gap; align_lib.
+  aligned_cross_entropy), plus bag_weight times bag_divergence (the whole rows' bags of tokens), and m matches
+  the B samples one to one to real rows (R >= B) by greedy_assignment of those costs (no gradient through the
+  matching). Returns the value, m (B,) and the matched pairs' bag divergence (0 when bag_weight is 0)."""
   positions = positions or logits.shape[1]
-  logp = jax.nn.log_softmax(logits[:, :positions].astype(jnp.float32), axis=-1)  # (B, T, V)
-  real = jnp.broadcast_to(real_ids[:, :positions].T[None], (logits.shape[0], positions, real_ids.shape[0]))
-  cost = -jnp.mean(jnp.take_along_axis(logp, real, axis=-1), axis=1)  # (B, R)
+  if gap:
+    cost = align_lib.aligned_cross_entropy(logits[:, :positions], real_ids[:, :positions], gap)  # (B, R)
+  else:
+    logp = jax.nn.log_softmax(logits[:, :positions].astype(jnp.float32), axis=-1)  # (B, T, V)
+    real = jnp.broadcast_to(real_ids[:, :positions].T[None], (logits.shape[0], positions, real_ids.shape[0]))
+    cost = -jnp.mean(jnp.take_along_axis(logp, real, axis=-1), axis=1)  # (B, R)
   bag = bag_divergence(logits, real_ids) if bag_weight else jnp.zeros_like(cost)
   cost = cost + bag_weight * bag
   match = greedy_assignment(jax.lax.stop_gradient(cost))
@@ -440,13 +452,19 @@ def generated_loss(
     total = total + cfg.mixture_bag_weight * pooled
     metrics["loss/mixture_bag"] = pooled
   if cfg.matched_ce_weight:
-    matched, match, bag = matched_cross_entropy(out, real_ids, cfg.matched_ce_positions, cfg.matched_ce_bag_weight)
+    matched, match, bag = matched_cross_entropy(
+      out, real_ids, cfg.matched_ce_positions, cfg.matched_ce_bag_weight, cfg.matched_ce_gap
+    )
     total = total + cfg.matched_ce_weight * matched
     metrics["loss/matched_ce"] = matched
     # How far the samples are from their matches: the share of the matched positions whose argmax differs.
     t = cfg.matched_ce_positions or out.shape[1]
     argmax = jnp.argmax(out, -1)
     metrics["diag/matched_changed"] = jnp.mean((argmax[:, :t] != real_ids[match, :t]).astype(jnp.float32))
+    if cfg.matched_ce_gap:  # What the alignment forgives: the matched pairs' position-wise cross-entropy less theirs.
+      logp = jax.nn.log_softmax(out[:, :t].astype(jnp.float32), axis=-1)
+      plain = -jnp.mean(jnp.take_along_axis(logp, real_ids[match, :t, None], axis=-1))
+      metrics["diag/matched_shift_saving"] = plain - (matched - cfg.matched_ce_bag_weight * bag)
     if cfg.matched_ce_bag_weight:
       metrics["loss/matched_bag"] = bag
       metrics["diag/matched_bag_overlap"] = jnp.mean(bag_overlap(argmax, real_ids[match], out.shape[-1]))

@@ -110,9 +110,10 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       config.drift.continuation_ce_weight = 0.5
     if policy == "continue":
       config.drift.continuation_ce_target = "likeliest"
-    if policy == "repair":  # And each sample's cross-entropy toward its matched real row: first 6 tokens, bags.
+    if policy == "repair":  # And each sample's cross-entropy toward its matched real row: first 6 tokens
+      # aligned, bags.
       config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
-      config.drift.matched_ce_bag_weight = 1.0
+      config.drift.matched_ce_bag_weight, config.drift.matched_ce_gap = 1.0, 2.0
     if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens, and their bags.
       config.drift.mixture_ce_weight, config.drift.mixture_ce_positions = 0.5, 4
       config.drift.mixture_bag_weight = 0.5
