@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.heads = 12
   config.model.mlp_ratio = 8 / 3  # SwiGLU hidden = 2048 at width 768: about 130M parameters in all.
   config.model.noise_dim = 768  # Per-position Gaussian noise width.
+  # "position": each position its own noise draw; "sample": one draw per sample, read at every position.
+  config.model.noise_scope = "position"
   config.model.style_tokens = 32  # Style vector = sum of 32 embeddings drawn from a 64-entry codebook.
   config.model.style_codebook = 64
   config.model.pos_init_scale = (

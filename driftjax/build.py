@@ -44,6 +44,7 @@ def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size
     heads=m.heads,
     mlp_ratio=m.mlp_ratio,
     noise_dim=m.noise_dim,
+    noise_scope=m.get("noise_scope", "position"),
     out_dim=out_dim,
     style_tokens=m.style_tokens,
     style_codebook=m.style_codebook,

@@ -55,6 +55,20 @@ def test_different_noise_gives_different_outputs():
   assert float(jnp.abs(a[0] - a[1]).mean()) > 1e-3
 
 
+def test_sample_noise_scope_reads_only_position_zeros_draw():
+  model = make(gen.GeneratorConfig(**{**CFG.__dict__, "noise_scope": "sample"}))
+  noise, style = gen.sample_inputs(jax.random.key(5), 2, CFG)
+  out = model(noise, style)
+  # Other draws at positions 1.. change nothing; another draw at position 0 changes every position.
+  chex.assert_trees_all_close(model(noise.at[:, 1:].set(jax.random.normal(jax.random.key(7), (2, 15, 8))), style), out)
+  moved = model(noise.at[:, 0].add(1.0), style)
+  assert float(jnp.min(jnp.abs(moved - out).mean(-1))) > 1e-4
+  # The per-position scope reads every draw.
+  assert float(jnp.abs(make()(noise.at[:, 5].add(1.0), style) - make()(noise, style))[:, 5].mean()) > 1e-4
+  with pytest.raises(ValueError, match="noise_scope='token'"):
+    make(gen.GeneratorConfig(**{**CFG.__dict__, "noise_scope": "token"}))
+
+
 def test_gradient_reaches_every_parameter_after_one_step():
   model = make()
   graphdef, params = nnx.split(model, nnx.Param)

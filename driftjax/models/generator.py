@@ -39,6 +39,9 @@ class GeneratorConfig:
   heads: int = 12
   mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * width (rounded up to a multiple of 64).
   noise_dim: int = 768
+  # "position": every position reads its own noise draw; "sample": position 0's draw is read at every position
+  # (one draw per sample: the sample's choices cannot differ between neighbouring positions' draws).
+  noise_scope: str = "position"
   out_dim: int = 768  # The encoder's token-embedding width.
   style_tokens: int = 32
   style_codebook: int = 64
@@ -84,6 +87,7 @@ def rope(x: Array, base: float) -> Array:
 
 HEADS = ("embedding", "vocab")
 VOCAB_MODES = ("soft", "straight_through", "straight_through_linear")
+NOISE_SCOPES = ("position", "sample")
 
 
 CENTRE_AXES = {"batch": (0, 1), "sample": (1,), "vocab": (2,)}
@@ -227,6 +231,8 @@ class Generator(nnx.Module):
         f"{VOCAB_MODES} (got {cfg.vocab_mode!r})"
       )
     _check_gradient_settings(cfg)
+    if cfg.noise_scope not in NOISE_SCOPES:
+      raise ValueError(f"noise_scope={cfg.noise_scope!r}; expected one of {NOISE_SCOPES}")
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.dtype = dtype
@@ -262,6 +268,8 @@ class Generator(nnx.Module):
     if noise.shape[1:] != (cfg.seq_len, cfg.noise_dim):
       raise ValueError(f"noise must be (B, {cfg.seq_len}, {cfg.noise_dim}), got {noise.shape}")
     style = self.style(style_ids)
+    if cfg.noise_scope == "sample":
+      noise = jnp.broadcast_to(noise[:, :1], noise.shape)
     x = self.noise_in(noise.astype(self.dtype)) + self.pos[...].astype(self.dtype)[None]
     for block in self.blocks:
       x = remat_lib.call(block, x, style, remat=cfg.remat)
