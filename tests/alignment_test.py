@@ -71,9 +71,8 @@ def test_matched_cross_entropy_with_a_gap_matches_and_pulls_the_aligned_tokens()
   logits = 6.0 * jax.nn.one_hot(said, vocab)
   _, plain, _ = train_step.matched_cross_entropy(logits, real)
   value, match, _ = train_step.matched_cross_entropy(logits, real, gap=2.0)
-  np.testing.assert_array_equal(
-    match, [0, 2]
-  )  # Position by position sample 0 shares a token with row 1 (position 3) and none with row 0.
+  np.testing.assert_array_equal(match, [0, 2])
+  # Position by position, sample 0 shares a token with row 1 (at position 3) and none with row 0: it gets row 1.
   assert int(plain[0]) == 1
   grad = jax.grad(lambda z: train_step.matched_cross_entropy(z, real, gap=2.0)[0])(logits)
   # Sample 0's positions 1..4 are pulled toward row 0's tokens 0..3 (the token they already say): a negative
