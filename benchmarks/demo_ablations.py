@@ -377,6 +377,9 @@ VARIANTS = {
   # a token the LM's repair rule rejects, so the generator does not reach its own repairs there; with a draw per
   # position, neighbouring positions can take different choices (blends of two templates).
   "demo13, one noise draw per sample": {**DEMO_13, "model.noise_scope": "sample"},
+  # A bigger generator now that the field no longer pulls against the cross-entropies (session 12 tried it only
+  # with the field at full weight).
+  "demo13, generator 256 wide, 4 deep": {**DEMO_13, "model.width": 256, "model.depth": 4},
   # Stricter repairs: a kept token needs probability >= 0.03 (0.01 in the demo) under the LM. Every name after
   # "named" has 0.07-0.10 and every object about 0.1, so the choices stay; weak transitions are redrawn.
   "demo13, repairs with floor 0.03": {**DEMO_13, "drift.teacher_floor": 0.03},
