@@ -174,12 +174,10 @@ class StepConfig:
         f"drift.matched_ce_weight={self.matched_ce_weight} must be >= 0 and needs model.head='vocab' and "
         f"data.n_pos >= data.n_gen (got {self.n_pos} < {self.n_gen})"
       )
-    if self.matched_ce_gap < 0 or (self.matched_ce_gap and not self.matched_ce_weight):
-      raise ValueError(f"drift.matched_ce_gap={self.matched_ce_gap} must be >= 0 and needs matched_ce_weight > 0")
-    if self.matched_ce_bag_weight < 0 or (self.matched_ce_bag_weight and not self.matched_ce_weight):
-      raise ValueError(
-        f"drift.matched_ce_bag_weight={self.matched_ce_bag_weight} must be >= 0 and needs matched_ce_weight > 0"
-      )
+    for name in ("matched_ce_bag_weight", "matched_ce_gap"):  # Settings of the matched cross-entropy.
+      value = getattr(self, name)
+      if value < 0 or (value and not self.matched_ce_weight):
+        raise ValueError(f"drift.{name}={value} must be >= 0 and needs matched_ce_weight > 0")
     if self.mixture_bag_weight < 0 or (self.mixture_bag_weight and self.gen.head != "vocab"):
       raise ValueError(f"drift.mixture_bag_weight={self.mixture_bag_weight} must be >= 0 and needs model.head='vocab'")
     if not 1 <= self.mixture_bag_n <= 3:
@@ -381,6 +379,14 @@ def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing
   return -jnp.mean(jnp.log(q)) - empirical_entropy(grams)
 
 
+def position_cross_entropy(logits: Array, real_ids: Array) -> Array:
+  """(B, R): -1/L sum_t log softmax(logits[b, t])[real_ids[r, t]], every sample (logits (B, L, V)) against every
+  real row (real_ids (R, L)), position by position."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (B, L, V)
+  real = jnp.broadcast_to(real_ids.T[None], (logits.shape[0], real_ids.shape[1], real_ids.shape[0]))
+  return -jnp.mean(jnp.take_along_axis(logp, real, axis=-1), axis=1)
+
+
 def matched_cross_entropy(
   logits: Array, real_ids: Array, positions: int = 0, bag_weight: float = 0.0, gap: float = 0.0
 ) -> tuple[Array, Array, Array]:
@@ -394,9 +400,7 @@ def matched_cross_entropy(
   if gap:
     cost = align_lib.aligned_cross_entropy(logits[:, :positions], real_ids[:, :positions], gap)  # (B, R)
   else:
-    logp = jax.nn.log_softmax(logits[:, :positions].astype(jnp.float32), axis=-1)  # (B, T, V)
-    real = jnp.broadcast_to(real_ids[:, :positions].T[None], (logits.shape[0], positions, real_ids.shape[0]))
-    cost = -jnp.mean(jnp.take_along_axis(logp, real, axis=-1), axis=1)  # (B, R)
+    cost = position_cross_entropy(logits[:, :positions], real_ids[:, :positions])
   bag = bag_divergence(logits, real_ids) if bag_weight else jnp.zeros_like(cost)
   cost = cost + bag_weight * bag
   match = greedy_assignment(jax.lax.stop_gradient(cost))
@@ -463,9 +467,8 @@ def generated_loss(
     argmax = jnp.argmax(out, -1)
     metrics["diag/matched_changed"] = jnp.mean((argmax[:, :t] != real_ids[match, :t]).astype(jnp.float32))
     if cfg.matched_ce_gap:  # What the alignment forgives: the matched pairs' position-wise cross-entropy less theirs.
-      logp = jax.nn.log_softmax(out[:, :t].astype(jnp.float32), axis=-1)
-      plain = -jnp.mean(jnp.take_along_axis(logp, real_ids[match, :t, None], axis=-1))
-      metrics["diag/matched_shift_saving"] = plain - (matched - cfg.matched_ce_bag_weight * bag)
+      plain = jnp.diagonal(position_cross_entropy(out[:, :t], real_ids[match, :t]))  # (B,): each with its match.
+      metrics["diag/matched_shift_saving"] = jnp.mean(plain) - (matched - cfg.matched_ce_bag_weight * bag)
     if cfg.matched_ce_bag_weight:
       metrics["loss/matched_bag"] = bag
       metrics["diag/matched_bag_overlap"] = jnp.mean(bag_overlap(argmax, real_ids[match], out.shape[-1]))

@@ -162,11 +162,13 @@ def test_matched_settings_are_checked(head, weight, positions, n_pos, match):
     train_state.step_config(config, 64, 100)
 
 
-@pytest.mark.parametrize("weight, bag", [(0.5, -1.0), (0.0, 1.0)])
-def test_bag_settings_are_checked(weight, bag):
+@pytest.mark.parametrize("setting", ["matched_ce_bag_weight", "matched_ce_gap"])
+@pytest.mark.parametrize("weight, value", [(0.5, -1.0), (0.0, 1.0)])
+def test_matched_add_on_settings_are_checked(setting, weight, value):
+  # The bags and the alignment's gap: never negative, and only beside the matched cross-entropy.
   config = tiny_config()
   config.model.head = "vocab"
   config.drift.matched_ce_weight = weight
-  config.drift.matched_ce_bag_weight = bag
-  with pytest.raises(ValueError, match="matched_ce_bag_weight"):
+  config.drift[setting] = value
+  with pytest.raises(ValueError, match=setting):
     train_state.step_config(config, 64, 100)
