@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.noise_dim = 768  # Per-position Gaussian noise width.
   # "position": each position its own noise draw; "sample": one draw per sample, read at every position.
   config.model.noise_scope = "position"
+  # head="vocab": > 0 lets the one step read its own draft: the frozen LM reads the blocks' argmax tokens, and this
+  # many more blocks turn its states into the final logits (driftjax/models/generator.py; 0: off).
+  config.model.draft_blocks = 0
   config.model.style_tokens = 32  # Style vector = sum of 32 embeddings drawn from a 64-entry codebook.
   config.model.style_codebook = 64
   config.model.pos_init_scale = (

@@ -58,6 +58,7 @@ def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size
     st_temperature=m.get("st_temperature", 1.0),
     linear_mix=m.get("linear_mix", 0.0),
     remat=m.remat,
+    draft_blocks=m.get("draft_blocks", 0),
   )
 
 

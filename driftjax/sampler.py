@@ -23,12 +23,19 @@ from driftjax import run_config
 from driftjax import train_state
 from driftjax.models import decode
 from driftjax.models import generator as gen_lib
+from driftjax.models import gpt2
 
 
 @functools.lru_cache(maxsize=8)
-def _forward(graphdef):
-  """The jitted generator forward of a graphdef, compiled once per graphdef (and input shape)."""
-  return jax.jit(lambda p, noise, style: nnx.merge(graphdef, p)(noise, style))
+def _forward(graphdef, enc_graphdef):
+  """The jitted generator forward of a graphdef, compiled once per graphdef (and input shape). The encoder is an
+  argument (not a constant folded into the program); only a generator with draft_blocks reads it."""
+
+  def forward(p, enc_state, noise, style):
+    gen = nnx.merge(graphdef, p)
+    return gen(noise, style, gpt2.draft_reader(nnx.merge(enc_graphdef, enc_state), gen.cfg.vocab_size))
+
+  return jax.jit(forward)
 
 
 def records(ids: np.ndarray, dists: np.ndarray, tokenizer) -> list[dict[str, Any]]:
@@ -50,6 +57,7 @@ class Sampler:
   gen_cfg: gen_lib.GeneratorConfig
   table: jax.Array  # (V, D): the tokens decoding chooses among.
   tokenizer: Any
+  encoder: Any  # The frozen LM: a generator with draft_blocks reads its draft with it.
   batch: int  # Rows per forward pass.
   metric: str = "l2"  # Nearest-token distance of the embedding head.
   step: int | None = None  # The checkpoint's step, when restored from one.
@@ -61,14 +69,15 @@ class Sampler:
     batch is drawn whole and cut), so repeated calls of the same n reuse one compiled program."""
     if n <= 0:
       raise ValueError(f"need n > 0 samples, got {n}")
-    forward = _forward(self.graphdef)
+    enc_graphdef, enc_state = nnx.split(self.encoder)
+    forward = _forward(self.graphdef, enc_graphdef)
     batch = min(self.batch, n)
     ids, dists = [], []
     for i in range(0, n, batch):
       k_in, k_dec = jax.random.split(jax.random.fold_in(key, i))
       noise, style = gen_lib.sample_inputs(k_in, batch, self.gen_cfg)
       tok, dist = decode.decode_outputs(
-        forward(self.params, noise, style),
+        forward(self.params, enc_state, noise, style),
         self.table,
         self.gen_cfg,
         metric=metric or self.metric,
@@ -110,6 +119,7 @@ def from_params(
     gen_cfg=gen_cfg,
     table=encoder.wte[...][: len(tokenizer)],
     tokenizer=tokenizer,
+    encoder=encoder,
     batch=batch or config.sample.batch,
     metric=config.sample.metric,
     step=step,

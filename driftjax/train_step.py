@@ -26,6 +26,7 @@ from driftjax.drift import field as field_lib
 from driftjax.drift import losses as losses_lib
 from driftjax.drift import teacher as teacher_lib
 from driftjax.models import generator as gen_lib
+from driftjax.models import gpt2
 from driftjax.models import kv_decode
 
 Array = jax.Array
@@ -584,8 +585,10 @@ def chunked_loss_and_grads(
   c = cfg.chunk
   table = encoder.wte[...][: cfg.gen.vocab_size]
 
+  reader = gpt2.draft_reader(encoder, cfg.gen.vocab_size)  # Read only by a generator with draft_blocks.
+
   def gen_features(p, noise_c, style_c):
-    out = nnx.merge(graphdef, p)(noise_c, style_c)
+    out = nnx.merge(graphdef, p)(noise_c, style_c, reader)
     return feature_dict(encoder, gen_lib.to_embeddings(out, table, cfg.gen), None, cfg)
 
   inputs = (_in_chunks(noise, c), _in_chunks(style, c))
@@ -643,11 +646,17 @@ def train_step(
       pos_feats = jax.lax.stop_gradient(feature_dict(encoder, None, pos_ids.reshape(-1, length), cfg))
 
     def loss_fn(params):
-      out = nnx.merge(graphdef, params)(noise, style)
+      model = nnx.merge(graphdef, params)
+      draft, out = model.drafts(noise, style, gpt2.draft_reader(encoder, cfg.gen.vocab_size))
       key = jax.random.fold_in(step_key, 1)
-      return generated_loss(
+      loss, metrics = generated_loss(
         encoder, out, pos_feats, pos_w, cfg, key=key, noise=noise, step=state["step"], real_ids=real_ids
       )
+      if cfg.gen.draft_blocks:  # How much reading the draft changed: the share of tokens the final pass moved.
+        changed = jnp.argmax(draft, -1) != jnp.argmax(out, -1)
+        metrics["diag/draft_changed"] = jnp.mean(changed.astype(jnp.float32))
+        metrics["diag/draft_gate"] = model.draft_gate[...]  # The weight of the LM's log-probabilities.
+      return loss, metrics
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -263,3 +263,48 @@ def test_attention_implementation_choice():
   assert attention.implementation(jnp.bfloat16, 256, backend="gpu") == "xla"
   assert attention.implementation(jnp.bfloat16, 64, backend="cpu") == "xla"
   assert attention.implementation(jnp.bfloat16, 64, backend="tpu") == "xla"
+
+
+DRAFT_CFG = gen.GeneratorConfig(**{**VOCAB_CFG.__dict__, "vocab_mode": "straight_through", "draft_blocks": 1})
+
+
+def _reader(seen):
+  """A hand-made reader: records the ids it reads; hidden states 1, log-probabilities -(token index)."""
+
+  def read(ids):
+    seen.append(ids)
+    log_probs = -jnp.broadcast_to(jnp.arange(10.0), (*ids.shape, 10))
+    return jnp.ones((*ids.shape, DRAFT_CFG.out_dim)), log_probs
+
+  return read
+
+
+def test_draft_reader_reads_the_drafts_argmax_and_starts_as_the_identity():
+  model, seen = make(DRAFT_CFG), []
+  noise, style = gen.sample_inputs(jax.random.key(1), 2, DRAFT_CFG)
+  draft, final = model.drafts(noise, style, _reader(seen))
+  np.testing.assert_array_equal(seen[0], jnp.argmax(draft, -1))
+  chex.assert_trees_all_equal(final, draft)  # Zero projection, identity blocks, zero gate.
+  # The gate adds its multiple of the reader's log-probabilities to the final logits, nothing else changes.
+  model.draft_gate[...] = jnp.asarray(0.5)
+  chex.assert_trees_all_close(model(noise, style, _reader([])), draft - 0.5 * jnp.arange(10.0), atol=1e-6)
+  # The projection, the new block and the gate all get gradients; the reader's outputs are constants.
+  params = nnx.state(model, nnx.Param)
+  loss = lambda p: jnp.sum(jnp.square(nnx.merge(nnx.graphdef(model), p)(noise, style, _reader([]))[..., 3]))
+  grads = jax.grad(loss)(params)
+  assert float(jnp.abs(grads["draft_in"]["kernel"][...]).max()) > 0
+  assert float(jnp.abs(grads["draft_gate"][...])) > 0
+
+
+def test_draft_settings_are_checked():
+  model = make(DRAFT_CFG)
+  noise, style = gen.sample_inputs(jax.random.key(1), 2, DRAFT_CFG)
+  with pytest.raises(ValueError, match="needs a reader"):
+    model(noise, style)
+  with pytest.raises(ValueError, match="only with head='vocab'"):
+    make(gen.GeneratorConfig(**{**CFG.__dict__, "draft_blocks": 1}))
+  # Without draft blocks the reader is never called.
+  plain = make(gen.GeneratorConfig(**{**DRAFT_CFG.__dict__, "draft_blocks": 0}))
+  seen = []
+  draft, final = plain.drafts(noise, style, _reader(seen))
+  assert not seen and draft is final

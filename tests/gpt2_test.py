@@ -213,3 +213,19 @@ def test_remat_gives_same_features_and_gradients(tiny):
   np.testing.assert_allclose(value_r, value, rtol=1e-6)
   # float32 rounding only (XLA fuses the recomputed forward differently): 1e-5 of the largest gradient.
   chex.assert_trees_all_close(grads_r, grads, rtol=1e-5, atol=1e-5 * float(jnp.abs(grads).max()))
+
+
+def test_next_token_states_read_each_position_after_the_ones_before(tiny):
+  rows = jax.random.randint(jax.random.key(0), (2, 6), 0, tiny.cfg.vocab_size)
+  hidden, log_probs = gpt2.next_token_states(tiny, rows, 50)
+  chex.assert_shape((hidden, log_probs), ((2, 6, tiny.cfg.n_embd), (2, 6, 50)))
+  np.testing.assert_allclose(np.exp(np.asarray(log_probs)).sum(-1), 1.0, atol=1e-5)
+  # Position t's are the LM's after the start token and rows[:, :t].
+  start = jnp.full((2, 1), tiny.cfg.eos_token_id, jnp.int32)
+  out = tiny(input_ids=jnp.concatenate([start, rows[:, :3]], 1), hidden_layers=(tiny.cfg.n_layer,), logits=True)
+  chex.assert_trees_all_close(hidden[:, :4], out["hidden"][tiny.cfg.n_layer], atol=1e-5)
+  chex.assert_trees_all_close(log_probs[:, :4], jax.nn.log_softmax(out["logits"][..., :50]), atol=1e-5)
+  # So a change at position 4 moves positions 5 on, never 0 to 4.
+  moved = gpt2.next_token_states(tiny, rows.at[:, 4].set((rows[:, 4] + 1) % 50), 50)[1]
+  chex.assert_trees_all_close(moved[:, :5], log_probs[:, :5], atol=1e-6)
+  assert float(jnp.abs(moved[:, 5] - log_probs[:, 5]).max()) > 1e-4

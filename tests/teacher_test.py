@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from train_test import tiny_config
 
+from driftjax import sampler as sampler_lib
 from driftjax import train
 from driftjax import train_step as step_lib
 from driftjax.drift import field as field_lib
@@ -103,9 +104,10 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     config.drift.positives = positives
     config.drift.continuation_policy = policy or "continue"
     config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
-    if policy == "repair":
+    if policy == "repair":  # The generator reads its draft with the LM (model.draft_blocks).
       config.drift.continuation_temperature = 0.0
       config.model.vocab_mode = "straight_through_linear"
+      config.model.draft_blocks = 1
     if policy in ("continue", "repair"):
       config.drift.continuation_ce_weight = 0.5
     if policy == "continue":
@@ -155,6 +157,13 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       assert 0 <= metrics["diag/matched_bag_overlap"] < 0.5
     if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
       assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
+    assert ("diag/draft_changed" in metrics) == (policy == "repair")
+    if policy == "repair":  # Two updates moved the LM's weight in the final logits off zero.
+      assert 0 <= metrics["diag/draft_changed"] <= 1 and metrics["diag/draft_gate"] != 0
+      gen = sampler_lib.from_params(
+        config, trainer.graphdef, state["ema"], trainer.cfg.gen, trainer.encoder, trainer.tokenizer, batch=2
+      )
+      assert gen.generate(2, jax.random.key(0))[0].shape == (2, config.model.seq_len)
     if "continuation" in positives:
       # The random LM finds most sampled tokens unlikely: the continuations differ from the samples.
       assert 0 < metrics["diag/cont_changed"] <= 1 and metrics["diag/cont_first_changed"] >= 0

@@ -11,6 +11,12 @@ of the loss when the token becomes v, at any probability; the soft gradient is p
 tokens the head does not already favour), so outputs lie among real token embeddings (docs/method.md sections 5
 and 7: outputs off the token manifold were the earlier attempts' crux).
 Conditioning: a style vector, the sum of 32 embeddings drawn at random from a 64-entry codebook.
+draft_blocks > 0 (head="vocab"): the generator reads its own draft. The blocks' logits are a draft; its argmax
+tokens are read by a reader (the frozen LM: at each position its final hidden state and next-token
+log-probabilities given the draft before it), whose states enter the residual stream through a zero-initialized
+projection; draft_blocks more blocks and the same output layer then give the final logits, plus a learned
+multiple (zero at init) of the LM's log-probabilities. At init the final logits are the draft's. A sample is still
+one fixed forward computation: the generator, one parallel LM pass, a few more blocks (no token-by-token loop).
 Parameters are float32; `dtype` sets the compute dtype (bfloat16 on accelerators).
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +36,7 @@ from driftjax.models import matmul
 from driftjax.models import remat as remat_lib
 
 Array = jax.Array
+Reader = Callable[[Array], tuple[Array, Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +71,8 @@ class GeneratorConfig:
   # score by p_v + linear_mix instead of p_v (a floor under the push that unlikely tokens get).
   linear_mix: float = 0.0
   remat: bool = False  # Recompute each block's activations in the backward pass (less memory, more compute).
+  # head="vocab": blocks after the LM has read the draft (0: no draft; the module docstring).
+  draft_blocks: int = 0
 
   @property
   def mlp_hidden(self) -> int:
@@ -233,6 +243,8 @@ class Generator(nnx.Module):
     _check_gradient_settings(cfg)
     if cfg.noise_scope not in NOISE_SCOPES:
       raise ValueError(f"noise_scope={cfg.noise_scope!r}; expected one of {NOISE_SCOPES}")
+    if cfg.draft_blocks < 0 or (cfg.draft_blocks and cfg.head != "vocab"):
+      raise ValueError(f"draft_blocks={cfg.draft_blocks} must be >= 0, and > 0 only with head='vocab'")
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.dtype = dtype
@@ -250,6 +262,10 @@ class Generator(nnx.Module):
     self.final_ada = _dense(cfg.width, 2 * cfg.width, rngs, dtype, zero=True)
     if cfg.head == "vocab":  # Uniform-ish logits at init: the expected embedding starts near the mean one.
       self.out = _dense(cfg.width, cfg.vocab_size, rngs, dtype)
+      if cfg.draft_blocks:  # Zero projection, identity blocks and a zero gate: the final logits start as the draft.
+        self.draft_in = _dense(cfg.out_dim, cfg.width, rngs, dtype, zero=True)
+        self.draft_stack = nnx.List([DiTBlock(cfg, rngs, dtype) for _ in range(cfg.draft_blocks)])
+        self.draft_gate = nnx.Param(jnp.zeros(()))
       return
     self.out = _dense(cfg.width, cfg.out_dim, rngs, dtype)
     if mean_embedding is not None:
@@ -261,9 +277,15 @@ class Generator(nnx.Module):
     """Style vector (B, W) from codebook indices (B, style_tokens): the normalized sum of their embeddings."""
     return jnp.sum(self.style_codebook(style_ids), axis=1) / np.sqrt(self.cfg.style_tokens)
 
-  def __call__(self, noise: Array, style_ids: Array) -> Array:
-    """noise (B, L, noise_dim), style_ids (B, style_tokens) int -> float32 outputs: embeddings (B, L, out_dim)
-    for head="embedding", logits (B, L, vocab_size) for head="vocab" (to_embeddings maps both to embeddings)."""
+  def _head(self, x: Array, style: Array) -> Array:
+    shift, scale = jnp.split(self.final_ada(jax.nn.silu(style))[:, None, :], 2, axis=-1)
+    return self.out(rms_norm(x) * (1 + scale) + shift).astype(jnp.float32)
+
+  def drafts(self, noise: Array, style_ids: Array, reader: Reader | None = None) -> tuple[Array, Array]:
+    """(draft, final) outputs: noise (B, L, noise_dim), style_ids (B, style_tokens) int -> float32 embeddings
+    (B, L, out_dim) for head="embedding", logits (B, L, vocab_size) for head="vocab" (to_embeddings maps both to
+    embeddings). Without draft_blocks the two are one array. reader: ids (B, L) -> (hidden (B, L, out_dim),
+    log-probabilities (B, L, vocab_size)) at each position given the ids before it; needed by draft_blocks."""
     cfg = self.cfg
     if noise.shape[1:] != (cfg.seq_len, cfg.noise_dim):
       raise ValueError(f"noise must be (B, {cfg.seq_len}, {cfg.noise_dim}), got {noise.shape}")
@@ -273,8 +295,20 @@ class Generator(nnx.Module):
     x = self.noise_in(noise.astype(self.dtype)) + self.pos[...].astype(self.dtype)[None]
     for block in self.blocks:
       x = remat_lib.call(block, x, style, remat=cfg.remat)
-    shift, scale = jnp.split(self.final_ada(jax.nn.silu(style))[:, None, :], 2, axis=-1)
-    return self.out(rms_norm(x) * (1 + scale) + shift).astype(jnp.float32)
+    draft = self._head(x, style)
+    if not cfg.draft_blocks:
+      return draft, draft
+    if reader is None:
+      raise ValueError("draft_blocks > 0: the generator needs a reader (the frozen LM) of its draft")
+    hidden, log_probs = jax.lax.stop_gradient(reader(jnp.argmax(draft, axis=-1)))
+    x = x + self.draft_in(hidden.astype(self.dtype))
+    for block in self.draft_stack:
+      x = remat_lib.call(block, x, style, remat=cfg.remat)
+    return draft, self._head(x, style) + self.draft_gate[...] * log_probs
+
+  def __call__(self, noise: Array, style_ids: Array, reader: Reader | None = None) -> Array:
+    """The final outputs of drafts()."""
+    return self.drafts(noise, style_ids, reader)[1]
 
 
 def sample_inputs(key: Array, batch: int, cfg: GeneratorConfig) -> tuple[Array, Array]:

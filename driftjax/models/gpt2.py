@@ -308,3 +308,18 @@ def save_gpt2(model: GPT2, path: str) -> None:
     json.dump(hf_config, f, indent=2)
   os.replace(tmp_w, os.path.join(path, "model.safetensors"))
   os.replace(tmp_c, os.path.join(path, "config.json"))
+
+
+def next_token_states(lm: GPT2, rows: Array, vocab_size: int) -> tuple[Array, Array]:
+  """The LM reading rows (N, L) after a start token (end-of-text): position t's final hidden state (N, L, D) and
+  next-token log-probabilities (N, L, vocab_size) are those for rows[:, t] given rows[:, :t]. No gradient."""
+  start = jnp.full((rows.shape[0], 1), lm.cfg.eos_token_id, jnp.int32)
+  out = lm(input_ids=jnp.concatenate([start, rows[:, :-1]], axis=1), hidden_layers=(lm.cfg.n_layer,), logits=True)
+  hidden = out["hidden"][lm.cfg.n_layer].astype(jnp.float32)
+  return jax.lax.stop_gradient((hidden, jax.nn.log_softmax(out["logits"][..., :vocab_size], axis=-1)))
+
+
+def draft_reader(lm: GPT2, vocab_size: int):
+  """ids (N, L) -> next_token_states(lm, ids, vocab_size): how a generator with draft_blocks reads its draft (a
+  generator without them never calls it)."""
+  return lambda ids: next_token_states(lm, ids, vocab_size)
