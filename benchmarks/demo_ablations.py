@@ -392,6 +392,15 @@ VARIANTS = {
   # grammatical throughout (1.000 against the samples' 0.837; one parallel pass of the same rule 0.851). Session 8
   # found them worse than sampled ones, before the matched cross-entropy and the bag kept the samples apart.
   "demo13, greedy repairs": {**DEMO_13, "drift.continuation_temperature": 0.0},
+  # Sentence slots (model.layout_multiple): the generator writes 176 positions over the vocabulary and a filler,
+  # sentence k at position 16 k (the grammar's longest sentence is 15 tokens), so no position has to add up the
+  # lengths of the sentences before it; the matched opening covers the first two slots.
+  "demo13, sentence slots of 16": {
+    **DEMO_13,
+    "model.layout_multiple": 16,
+    "model.layout_positions": 176,
+    "drift.matched_ce_positions": 32,
+  },
   # The LM's own samples driven by each sample's noise (ancestral, noise-coupled draws) as the cross-entropy's
   # target and the field's positives: sequence-level distillation of the LM into the one-step generator.
   "demo, ancestral coupled CE, top 16": {

@@ -25,6 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   # head="vocab": > 0 lets the one step read its own draft: the frozen LM reads the blocks' argmax tokens, and this
   # many more blocks turn its states into the final logits (driftjax/models/generator.py; 0: off).
   config.model.draft_blocks = 0
+  # head="vocab", > 0: a slotted layout (driftjax/models/layout.py): the generator writes layout_positions positions
+  # over the vocabulary plus a filler token, each sentence starting at a multiple of layout_multiple (at least the
+  # longest sentence: sentence k at k * layout_multiple); decoding drops the fillers. 0: off.
+  config.model.layout_multiple = 0
+  config.model.layout_positions = 0
   config.model.style_tokens = 32  # Style vector = sum of 32 embeddings drawn from a 64-entry codebook.
   config.model.style_codebook = 64
   config.model.pos_init_scale = (

@@ -59,6 +59,8 @@ def generator_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size
     linear_mix=m.get("linear_mix", 0.0),
     remat=m.remat,
     draft_blocks=m.get("draft_blocks", 0),
+    layout_multiple=m.get("layout_multiple", 0),
+    layout_positions=m.get("layout_positions", 0),
   )
 
 

@@ -90,10 +90,11 @@ def train_flops(config, gen_cfg, enc_cfg, gen_params, shapes) -> dict[str, float
   depth = max(config.drift.layers, default=0)
   enc_block = 12 * enc_cfg.n_embd**2 + 2 * enc_cfg.n_embd * (enc_cfg.inner - 4 * enc_cfg.n_embd)
   enc_fwd_token = 2 * depth * enc_block + 4 * depth * length * enc_cfg.n_embd  # Weights + attention.
-  gen_matmul = gen_params - gen_cfg.seq_len * gen_cfg.width - gen_cfg.style_codebook * gen_cfg.width
-  gen_fwd_token = 2 * gen_matmul + 4 * gen_cfg.depth * length * gen_cfg.width
+  positions = gen_cfg.positions  # The generator's: seq_len, or its slotted layout's.
+  gen_matmul = gen_params - positions * gen_cfg.width - gen_cfg.style_codebook * gen_cfg.width
+  gen_fwd_token = 2 * gen_matmul + 4 * gen_cfg.depth * positions * gen_cfg.width
   parts = {
-    "generator": 3.0 * gen_fwd_token * n_gen * length,
+    "generator": 3.0 * gen_fwd_token * n_gen * positions,
     "encoder_generated": 2.0 * enc_fwd_token * n_gen * length,
     "encoder_real": 1.0 * enc_fwd_token * n_real * length,
     "field": field_flops(config, shapes),

@@ -24,16 +24,21 @@ from driftjax import train_state
 from driftjax.models import decode
 from driftjax.models import generator as gen_lib
 from driftjax.models import gpt2
+from driftjax.models import layout
 
 
 @functools.lru_cache(maxsize=8)
 def _forward(graphdef, enc_graphdef):
   """The jitted generator forward of a graphdef, compiled once per graphdef (and input shape). The encoder is an
-  argument (not a constant folded into the program); only a generator with draft_blocks reads it."""
+  argument (not a constant folded into the program); only a generator with draft_blocks reads it. A generator
+  with a slotted layout gives its text's logits (the fillers dropped)."""
 
   def forward(p, enc_state, noise, style):
-    gen = nnx.merge(graphdef, p)
-    return gen(noise, style, gpt2.draft_reader(nnx.merge(enc_graphdef, enc_state), gen.cfg.vocab_size))
+    gen, encoder = nnx.merge(graphdef, p), nnx.merge(enc_graphdef, enc_state)
+    out = gen(noise, style, gpt2.draft_reader(encoder, gen.cfg.vocab_size))
+    if gen.cfg.layout_multiple:  # The text: the layout's non-filler tokens.
+      out = layout.collapse_logits(out, gen.cfg.filler, gen.cfg.seq_len, encoder.cfg.eos_token_id)
+    return out
 
   return jax.jit(forward)
 

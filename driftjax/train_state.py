@@ -19,14 +19,19 @@ from flax import nnx
 from driftjax import build
 from driftjax import sharding as shard_lib
 from driftjax import train_step as step_lib
+from driftjax.data import tokenizer as tok_lib
 from driftjax.drift import field as field_lib
 from driftjax.models import generator as gen_lib
 
 
-def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int) -> step_lib.StepConfig:
-  """out_dim: the encoder's embedding width; vocab_size: the tokenizer's."""
+def step_config(
+  config: ml_collections.ConfigDict, out_dim: int, vocab_size: int, sentence_ends: tuple[int, ...] = ()
+) -> step_lib.StepConfig:
+  """out_dim: the encoder's embedding width; vocab_size: the tokenizer's; sentence_ends: its sentence-end tokens
+  (needed by model.layout_multiple)."""
   d = config.data
   return step_lib.StepConfig(
+    sentence_ends=sentence_ends,
     gen=build.generator_config(config, out_dim, vocab_size),
     field=field_lib.FieldConfig.from_settings(config.drift),
     groups=d.groups,
@@ -65,6 +70,11 @@ def step_config(config: ml_collections.ConfigDict, out_dim: int, vocab_size: int
   )
 
 
+def _sentence_ends(config: ml_collections.ConfigDict, tokenizer) -> tuple[int, ...]:
+  """The tokenizer's sentence-end tokens when the generator lays its text out at them (model.layout_multiple)."""
+  return tok_lib.sentence_end_ids(tokenizer) if config.model.get("layout_multiple", 0) else ()
+
+
 def model_signature(cfg: step_lib.StepConfig) -> dict:
   """The settings that fix the shapes of the train state (the compute dtype and remat do not)."""
   gen = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.gen).items() if k not in ("dtype", "remat")}
@@ -98,7 +108,7 @@ def _with_shardings(shapes, shardings):
 
 
 def state_spec(config: ml_collections.ConfigDict, encoder, tokenizer) -> StateSpec:
-  cfg = step_config(config, encoder.cfg.n_embd, len(tokenizer))
+  cfg = step_config(config, encoder.cfg.n_embd, len(tokenizer), _sentence_ends(config, tokenizer))
   mesh = shard_lib.make_mesh(config.train.num_devices or None)
   tx, schedule = step_lib.make_optimizer(config.optim)
   make_generator = _generator_factory(cfg.gen, encoder, len(tokenizer))
@@ -136,7 +146,7 @@ class GeneratorSpec:
 
 
 def generator_spec(config: ml_collections.ConfigDict, encoder, tokenizer) -> GeneratorSpec:
-  cfg = step_config(config, encoder.cfg.n_embd, len(tokenizer))
+  cfg = step_config(config, encoder.cfg.n_embd, len(tokenizer), _sentence_ends(config, tokenizer))
   mesh = shard_lib.make_mesh(config.train.num_devices or None)
   make_generator = _generator_factory(cfg.gen, encoder, len(tokenizer))
   abstract = nnx.eval_shape(lambda: make_generator(jax.random.key(0)))

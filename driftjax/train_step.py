@@ -28,6 +28,7 @@ from driftjax.drift import teacher as teacher_lib
 from driftjax.models import generator as gen_lib
 from driftjax.models import gpt2
 from driftjax.models import kv_decode
+from driftjax.models import layout as layout_lib
 
 Array = jax.Array
 TrainState = dict[str, Any]  # step, params, ema, opt_state, queue, queue_filled, rng.
@@ -122,8 +123,13 @@ class StepConfig:
   mixture_bag_n: int = 1
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
+  # The tokens that end a sentence (data.tokenizer.sentence_end_ids): a generator with a slotted layout
+  # (model.layout_multiple) has its cross-entropies' targets laid out at them (models/layout.py).
+  sentence_ends: tuple[int, ...] = ()
 
   def __post_init__(self):
+    if self.gen.layout_multiple and not self.sentence_ends:
+      raise ValueError("model.layout_multiple needs the tokenizer's sentence-end tokens (StepConfig.sentence_ends)")
     parts = self.positive_source.split("+")
     if not parts or any(p not in POSITIVE_PARTS for p in parts) or len(set(parts)) != len(parts):
       raise ValueError(
@@ -444,6 +450,12 @@ def generated_loss(
   if cfg.uses_continuation and cfg.continuation_ce_start and step is None:
     raise ValueError("drift.continuation_ce_start needs the training step")
   table = encoder.wte[...][: cfg.gen.vocab_size]  # The tokens the vocab head chooses among.
+  laid_out = to_layout = None
+  if cfg.gen.layout_multiple:  # The text is the layout's non-filler tokens; the cross-entropies' targets are laid out.
+    laid_out, filler = out, cfg.gen.filler
+    out = layout_lib.collapse_logits(laid_out, filler, cfg.gen.seq_len, encoder.cfg.eos_token_id)
+    ends = jnp.zeros((filler + 1,), bool).at[jnp.asarray(cfg.sentence_ends)].set(True)
+    to_layout = lambda ids: layout_lib.slot(ids, ends, cfg.gen.layout_multiple, cfg.gen.positions, filler)
   emb = gen_lib.to_embeddings(out, table, cfg.gen)
   total, metrics = jnp.zeros((), jnp.float32), {}
   gen_feats = feature_dict(encoder, emb, None, cfg) if cfg.uses_data or cfg.uses_continuation else None
@@ -458,21 +470,27 @@ def generated_loss(
     total = total + cfg.mixture_bag_weight * pooled
     metrics["loss/mixture_bag"] = pooled
   if cfg.matched_ce_weight:
+    # With a layout: the laid-out logits toward the laid-out real rows (the first positions hold the opening).
+    m_out, m_real = (laid_out, to_layout(real_ids)) if to_layout else (out, real_ids)
     matched, match, bag = matched_cross_entropy(
-      out, real_ids, cfg.matched_ce_positions, cfg.matched_ce_bag_weight, cfg.matched_ce_gap
+      m_out, m_real, cfg.matched_ce_positions, cfg.matched_ce_bag_weight, cfg.matched_ce_gap
     )
     total = total + cfg.matched_ce_weight * matched
     metrics["loss/matched_ce"] = matched
     # How far the samples are from their matches: the share of the matched positions whose argmax differs.
-    t = cfg.matched_ce_positions or out.shape[1]
-    argmax = jnp.argmax(out, -1)
-    metrics["diag/matched_changed"] = jnp.mean((argmax[:, :t] != real_ids[match, :t]).astype(jnp.float32))
+    t = cfg.matched_ce_positions or m_out.shape[1]
+    argmax = jnp.argmax(m_out, -1)
+    metrics["diag/matched_changed"] = jnp.mean((argmax[:, :t] != m_real[match, :t]).astype(jnp.float32))
     if cfg.matched_ce_gap:  # What the alignment forgives: the matched pairs' position-wise cross-entropy less theirs.
-      plain = jnp.diagonal(position_cross_entropy(out[:, :t], real_ids[match, :t]))  # (B,): each with its match.
+      plain = jnp.diagonal(position_cross_entropy(m_out[:, :t], m_real[match, :t]))  # (B,): each with its match.
       metrics["diag/matched_shift_saving"] = jnp.mean(plain) - (matched - cfg.matched_ce_bag_weight * bag)
     if cfg.matched_ce_bag_weight:
       metrics["loss/matched_bag"] = bag
-      metrics["diag/matched_bag_overlap"] = jnp.mean(bag_overlap(argmax, real_ids[match], out.shape[-1]))
+      metrics["diag/matched_bag_overlap"] = jnp.mean(bag_overlap(argmax, m_real[match], m_out.shape[-1]))
+  if to_layout:  # How much of the layout is filler, and whether the text fits in it.
+    fill = jnp.argmax(laid_out, -1) == cfg.gen.filler
+    metrics["diag/layout_filler"] = jnp.mean(fill.astype(jnp.float32))
+    metrics["diag/layout_short"] = jnp.mean((jnp.sum(~fill, 1) < cfg.gen.seq_len).astype(jnp.float32))
   if not (cfg.uses_teacher or cfg.uses_continuation) and cfg.gen.head != "vocab":
     # Decoding an embedding head is a nearest-token search over the whole vocabulary ((B, L, V) distances):
     # the data-only step does not pay for it just to report the decoded tokens' diagnostics.
@@ -531,7 +549,10 @@ def generated_loss(
       if cfg.continuation_ce_target == "likeliest" and per_sample > 1:
         targets, _ = likeliest_draws(lm_next_token_logits(encoder, cont, cfg.gen.vocab_size), cont, per_sample)
         ce_rows = 1
-      ce = continuation_cross_entropy(out, targets, ce_rows)
+      ce_out = out
+      if to_layout:  # Laid-out logits toward the laid-out targets: each sentence on its grid position.
+        ce_out, targets = laid_out, to_layout(targets)
+      ce = continuation_cross_entropy(ce_out, targets, ce_rows)
       weight = jnp.asarray(cfg.continuation_ce_weight, jnp.float32)
       if cfg.continuation_ce_start:
         weight = jnp.where(step >= cfg.continuation_ce_start, weight, 0.0)

@@ -104,10 +104,12 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     config.drift.positives = positives
     config.drift.continuation_policy = policy or "continue"
     config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
-    if policy == "repair":  # The generator reads its draft with the LM (model.draft_blocks).
+    if policy == "continue":  # The generator reads its draft with the LM (model.draft_blocks).
+      config.model.draft_blocks = 1
+    if policy == "repair":  # A slotted layout: sentences every 8 positions (model.layout_multiple).
       config.drift.continuation_temperature = 0.0
       config.model.vocab_mode = "straight_through_linear"
-      config.model.draft_blocks = 1
+      config.model.layout_multiple, config.model.layout_positions = 8, 40
     if policy in ("continue", "repair"):
       config.drift.continuation_ce_weight = 0.5
     if policy == "continue":
@@ -157,9 +159,13 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
       assert 0 <= metrics["diag/matched_bag_overlap"] < 0.5
     if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
       assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
-    assert ("diag/draft_changed" in metrics) == (policy == "repair")
-    if policy == "repair":  # Two updates moved the LM's weight in the final logits off zero.
+    assert ("diag/draft_changed" in metrics) == (policy == "continue")
+    if policy == "continue":  # Two updates moved the LM's weight in the final logits off zero.
       assert 0 <= metrics["diag/draft_changed"] <= 1 and metrics["diag/draft_gate"] != 0
+    assert ("diag/layout_filler" in metrics) == (policy == "repair")
+    if policy == "repair":  # The text fills the layout's first 32 of 40 positions or more: few fillers yet.
+      assert 0 <= metrics["diag/layout_filler"] <= 0.2 and 0 <= metrics["diag/layout_short"] <= 1
+    if policy in ("continue", "repair"):  # Sampling reads the draft / drops the fillers: text of seq_len tokens.
       gen = sampler_lib.from_params(
         config, trainer.graphdef, state["ema"], trainer.cfg.gen, trainer.encoder, trainer.tokenizer, batch=2
       )

@@ -44,3 +44,11 @@ def load_tokenizer(name_or_path: str):
     tok.eos_token = "<|endoftext|>"
   tok.pad_token = tok.eos_token
   return tok
+
+
+def sentence_end_ids(tokenizer) -> tuple[int, ...]:
+  """The tokens that end a sentence: those whose text, stripped of whitespace, ends in ".", "!" or "?"."""
+  ids = range(len(tokenizer))
+  return tuple(
+    i for i, text in zip(ids, tokenizer.batch_decode([[i] for i in ids])) if text.strip().endswith((".", "!", "?"))
+  )

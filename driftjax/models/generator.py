@@ -73,6 +73,21 @@ class GeneratorConfig:
   remat: bool = False  # Recompute each block's activations in the backward pass (less memory, more compute).
   # head="vocab": blocks after the LM has read the draft (0: no draft; the module docstring).
   draft_blocks: int = 0
+  # head="vocab", > 0: the generator writes layout_positions positions over the vocabulary plus a filler token (id
+  # vocab_size), sentences starting at multiples of layout_multiple; decoding drops the fillers and keeps seq_len
+  # tokens (driftjax/models/layout.py). 0: seq_len positions, no filler.
+  layout_multiple: int = 0
+  layout_positions: int = 0
+
+  @property
+  def positions(self) -> int:
+    """Positions the generator writes: layout_positions with a layout, else seq_len."""
+    return self.layout_positions if self.layout_multiple else self.seq_len
+
+  @property
+  def filler(self) -> int | None:
+    """The filler token's id (the vocab head's last output) with a layout, else None."""
+    return self.vocab_size if self.layout_multiple else None
 
   @property
   def mlp_hidden(self) -> int:
@@ -245,11 +260,16 @@ class Generator(nnx.Module):
       raise ValueError(f"noise_scope={cfg.noise_scope!r}; expected one of {NOISE_SCOPES}")
     if cfg.draft_blocks < 0 or (cfg.draft_blocks and cfg.head != "vocab"):
       raise ValueError(f"draft_blocks={cfg.draft_blocks} must be >= 0, and > 0 only with head='vocab'")
+    if cfg.layout_multiple and (cfg.head != "vocab" or cfg.draft_blocks or cfg.layout_positions < cfg.seq_len):
+      raise ValueError(
+        f"layout_multiple={cfg.layout_multiple} needs head='vocab', no draft_blocks, and layout_positions >= "
+        f"seq_len={cfg.seq_len} (got {cfg.layout_positions})"
+      )
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.dtype = dtype
     self.noise_in = _dense(cfg.noise_dim, cfg.width, rngs, dtype)
-    self.pos = nnx.Param(cfg.pos_init_scale * jax.random.normal(rngs.params(), (cfg.seq_len, cfg.width)))
+    self.pos = nnx.Param(cfg.pos_init_scale * jax.random.normal(rngs.params(), (cfg.positions, cfg.width)))
     self.style_codebook = nnx.Embed(
       cfg.style_codebook,
       cfg.width,
@@ -261,7 +281,7 @@ class Generator(nnx.Module):
     self.blocks = nnx.List([DiTBlock(cfg, rngs, dtype) for _ in range(cfg.depth)])
     self.final_ada = _dense(cfg.width, 2 * cfg.width, rngs, dtype, zero=True)
     if cfg.head == "vocab":  # Uniform-ish logits at init: the expected embedding starts near the mean one.
-      self.out = _dense(cfg.width, cfg.vocab_size, rngs, dtype)
+      self.out = _dense(cfg.width, cfg.vocab_size + bool(cfg.layout_multiple), rngs, dtype)  # + the filler.
       if cfg.draft_blocks:  # Zero projection, identity blocks and a zero gate: the final logits start as the draft.
         self.draft_in = _dense(cfg.out_dim, cfg.width, rngs, dtype, zero=True)
         self.draft_stack = nnx.List([DiTBlock(cfg, rngs, dtype) for _ in range(cfg.draft_blocks)])
@@ -287,8 +307,8 @@ class Generator(nnx.Module):
     embeddings). Without draft_blocks the two are one array. reader: ids (B, L) -> (hidden (B, L, out_dim),
     log-probabilities (B, L, vocab_size)) at each position given the ids before it; needed by draft_blocks."""
     cfg = self.cfg
-    if noise.shape[1:] != (cfg.seq_len, cfg.noise_dim):
-      raise ValueError(f"noise must be (B, {cfg.seq_len}, {cfg.noise_dim}), got {noise.shape}")
+    if noise.shape[1:] != (cfg.positions, cfg.noise_dim):
+      raise ValueError(f"noise must be (B, {cfg.positions}, {cfg.noise_dim}), got {noise.shape}")
     style = self.style(style_ids)
     if cfg.noise_scope == "sample":
       noise = jnp.broadcast_to(noise[:, :1], noise.shape)
@@ -314,6 +334,6 @@ class Generator(nnx.Module):
 def sample_inputs(key: Array, batch: int, cfg: GeneratorConfig) -> tuple[Array, Array]:
   """Gaussian noise (B, L, noise_dim) and style indices (B, style_tokens) for one forward pass."""
   k_noise, k_style = jax.random.split(key)
-  noise = jax.random.normal(k_noise, (batch, cfg.seq_len, cfg.noise_dim))
+  noise = jax.random.normal(k_noise, (batch, cfg.positions, cfg.noise_dim))
   style_ids = jax.random.randint(k_style, (batch, cfg.style_tokens), 0, cfg.style_codebook)
   return noise, style_ids
