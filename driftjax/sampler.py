@@ -62,7 +62,7 @@ class Sampler:
   gen_cfg: gen_lib.GeneratorConfig
   table: jax.Array  # (V, D): the tokens decoding chooses among.
   tokenizer: Any
-  encoder: Any  # The frozen LM: a generator with draft_blocks reads its draft with it.
+  encoder: Any  # The frozen LM: a generator with draft_blocks reads its draft with it; its end-of-text pads a layout's.
   batch: int  # Rows per forward pass.
   metric: str = "l2"  # Nearest-token distance of the embedding head.
   step: int | None = None  # The checkpoint's step, when restored from one.

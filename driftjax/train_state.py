@@ -31,7 +31,6 @@ def step_config(
   (needed by model.layout_multiple)."""
   d = config.data
   return step_lib.StepConfig(
-    sentence_ends=sentence_ends,
     gen=build.generator_config(config, out_dim, vocab_size),
     field=field_lib.FieldConfig.from_settings(config.drift),
     groups=d.groups,
@@ -67,6 +66,7 @@ def step_config(
     mixture_bag_weight=config.drift.get("mixture_bag_weight", 0.0),
     mixture_bag_n=config.drift.get("mixture_bag_n", 1),
     chunk=config.train.get("chunk", 0),
+    sentence_ends=sentence_ends,
   )
 
 

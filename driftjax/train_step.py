@@ -434,7 +434,8 @@ def generated_loss(
   step: Array | None = None,
   real_ids: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-  """The drift loss of generator outputs out (B, L, V or D) and the metrics to watch.
+  """The drift loss of generator outputs out (B, L, V or D; with a slotted layout (B, P, V + 1)) and the metrics
+  to watch.
 
   pos_feats / pos_w: the real positives' pooled features and weights (used when cfg.uses_data);
   queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss;

@@ -75,7 +75,7 @@ def test_generator_writes_the_layout_with_a_filler_output():
   noise, style = gen_lib.sample_inputs(jax.random.key(1), 2, cfg)
   chex.assert_shape((noise, model(noise, style)), ((2, 12, 8), (2, 12, F + 1)))
   assert cfg.filler == F and gen_lib.GeneratorConfig().filler is None
-  for bad in ({"layout_positions": 6}, {"head": "embedding"}, {"draft_blocks": 1}):
+  for bad in ({"layout_positions": 6}, {"head": "embedding"}, {"draft_blocks": 1}, {"layout_multiple": -1}):
     with pytest.raises(ValueError, match="layout_multiple"):
       gen_lib.Generator(gen_lib.GeneratorConfig(**{**cfg.__dict__, **bad}), rngs=nnx.Rngs(0))
 

@@ -260,7 +260,9 @@ class Generator(nnx.Module):
       raise ValueError(f"noise_scope={cfg.noise_scope!r}; expected one of {NOISE_SCOPES}")
     if cfg.draft_blocks < 0 or (cfg.draft_blocks and cfg.head != "vocab"):
       raise ValueError(f"draft_blocks={cfg.draft_blocks} must be >= 0, and > 0 only with head='vocab'")
-    if cfg.layout_multiple and (cfg.head != "vocab" or cfg.draft_blocks or cfg.layout_positions < cfg.seq_len):
+    if cfg.layout_multiple < 0 or (
+      cfg.layout_multiple and (cfg.head != "vocab" or cfg.draft_blocks or cfg.layout_positions < cfg.seq_len)
+    ):
       raise ValueError(
         f"layout_multiple={cfg.layout_multiple} needs head='vocab', no draft_blocks, and layout_positions >= "
         f"seq_len={cfg.seq_len} (got {cfg.layout_positions})"
@@ -302,9 +304,10 @@ class Generator(nnx.Module):
     return self.out(rms_norm(x) * (1 + scale) + shift).astype(jnp.float32)
 
   def drafts(self, noise: Array, style_ids: Array, reader: Reader | None = None) -> tuple[Array, Array]:
-    """(draft, final) outputs: noise (B, L, noise_dim), style_ids (B, style_tokens) int -> float32 embeddings
-    (B, L, out_dim) for head="embedding", logits (B, L, vocab_size) for head="vocab" (to_embeddings maps both to
-    embeddings). Without draft_blocks the two are one array. reader: ids (B, L) -> (hidden (B, L, out_dim),
+    """(draft, final) outputs: noise (B, P, noise_dim), style_ids (B, style_tokens) int -> float32 embeddings
+    (B, P, out_dim) for head="embedding", logits (B, P, vocab_size) for head="vocab" (to_embeddings maps both to
+    embeddings); P = cfg.positions, and with a layout the logits have one more entry (the filler). Without
+    draft_blocks the two are one array. reader: ids (B, L) -> (hidden (B, L, out_dim),
     log-probabilities (B, L, vocab_size)) at each position given the ids before it; needed by draft_blocks."""
     cfg = self.cfg
     if noise.shape[1:] != (cfg.positions, cfg.noise_dim):
@@ -332,7 +335,7 @@ class Generator(nnx.Module):
 
 
 def sample_inputs(key: Array, batch: int, cfg: GeneratorConfig) -> tuple[Array, Array]:
-  """Gaussian noise (B, L, noise_dim) and style indices (B, style_tokens) for one forward pass."""
+  """Gaussian noise (B, cfg.positions, noise_dim) and style indices (B, style_tokens) for one forward pass."""
   k_noise, k_style = jax.random.split(key)
   noise = jax.random.normal(k_noise, (batch, cfg.positions, cfg.noise_dim))
   style_ids = jax.random.randint(k_style, (batch, cfg.style_tokens), 0, cfg.style_codebook)
