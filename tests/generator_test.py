@@ -288,7 +288,7 @@ def test_draft_reader_reads_the_drafts_argmax_and_starts_as_the_identity():
   # The gate adds its multiple of the reader's log-probabilities to the final logits, nothing else changes.
   model.draft_gate[...] = jnp.asarray(0.5)
   chex.assert_trees_all_close(model(noise, style, _reader([])), draft - 0.5 * jnp.arange(10.0), atol=1e-6)
-  # The projection, the new block and the gate all get gradients; the reader's outputs are constants.
+  # The projection and the gate get gradients at init (the new block opens through its adaLN gates later).
   params = nnx.state(model, nnx.Param)
   loss = lambda p: jnp.sum(jnp.square(nnx.merge(nnx.graphdef(model), p)(noise, style, _reader([]))[..., 3]))
   grads = jax.grad(loss)(params)
