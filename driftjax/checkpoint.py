@@ -41,13 +41,15 @@ def require_checkpoints(workdir: str) -> str:
   return directory
 
 
-def check_model(workdir: str, signature: dict, write: bool) -> None:
+def check_model(workdir: str, signature: dict, write: bool, defaults: dict | None = None) -> None:
   """DIR/model.json records the settings that fix the train state's shapes. A run whose settings differ fails
-  here, naming them, before any checkpoint is read, moved or overwritten; `write` records them when absent."""
+  here, naming them, before any checkpoint is read, moved or overwritten; `write` records them when absent.
+  defaults: the values of settings newer than a run's model.json (a setting is added with the behaviour that came
+  before it as its default), so older runs still load."""
   path = os.path.join(workdir, "model.json")
   if os.path.exists(path):
     with open(path) as f:
-      saved = json.load(f)
+      saved = {**(defaults or {}), **json.load(f)}
     diffs = [
       f"{k}={saved.get(k)!r} there, {signature.get(k)!r} here"
       for k in sorted(set(saved) | set(signature))

@@ -139,7 +139,9 @@ def load(
   if encoder is None:
     encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir, write=False)
   spec = train_state.generator_spec(config, encoder, tokenizer)
-  ckpt_lib.check_model(workdir, train_state.model_signature(spec.cfg), write=False)
+  ckpt_lib.check_model(
+    workdir, train_state.model_signature(spec.cfg), write=False, defaults=train_state.signature_defaults()
+  )
   restored, step = ckpt_lib.restore(workdir, {"ema": spec.abstract_params}, step)
   return from_params(config, spec.graphdef, restored["ema"], spec.cfg.gen, encoder, tokenizer, step)
 

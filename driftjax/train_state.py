@@ -81,6 +81,12 @@ def model_signature(cfg: step_lib.StepConfig) -> dict:
   return {**gen, "data.groups": cfg.groups, "data.queue_size": cfg.queue_size}
 
 
+def signature_defaults() -> dict:
+  """The generator settings' defaults, which stand for settings absent from an older run's model.json."""
+  fields = dataclasses.fields(gen_lib.GeneratorConfig)
+  return {f"model.{f.name}": f.default for f in fields if f.name not in ("dtype", "remat")}
+
+
 def _generator_factory(gen_cfg: gen_lib.GeneratorConfig, encoder, vocab_size: int):
   mean_emb = build.mean_token_embedding(encoder, vocab_size)
   return lambda key: gen_lib.Generator(gen_cfg, rngs=nnx.Rngs(key), mean_embedding=mean_emb)

@@ -4,6 +4,7 @@ Each case runs the real entry (train.run, sample/eval, the tokenizer loader or m
 message. Errors raised before training starts leave no checkpoint behind.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -108,6 +109,17 @@ def test_checkpoint_from_a_different_model_size(tmp_path):
     sample.run(bigger, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # Nothing moved or deleted.
   assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
+  # A run written before a setting existed (its model.json lacks it) still loads: the setting's default stands in.
+  path = os.path.join(workdir, "model.json")
+  with open(path) as f:
+    saved = json.load(f)
+  with open(path, "w") as f:
+    json.dump({k: v for k, v in saved.items() if k not in ("model.draft_blocks", "model.noise_scope")}, f)
+  sample.run(tiny(tmp_path), workdir)
+  drafting = tiny(tmp_path)  # And a setting that differs from that default still fails.
+  drafting.model.head, drafting.model.vocab_mode, drafting.model.draft_blocks = "vocab", "straight_through", 1
+  with pytest.raises(ValueError, match=re.escape("model.draft_blocks=0 there, 1 here")):
+    sample.run(drafting, workdir)
 
 
 def test_config_override_of_wrong_type(tmp_path):
