@@ -401,6 +401,13 @@ VARIANTS = {
     "model.layout_positions": 176,
     "drift.matched_ce_positions": 32,
   },
+  "demo13, sentence slots of 16, 1,200 steps": {
+    **DEMO_13,
+    "model.layout_multiple": 16,
+    "model.layout_positions": 176,
+    "drift.matched_ce_positions": 32,
+    "optim.total_steps": 1200,
+  },
   # The LM's own samples driven by each sample's noise (ancestral, noise-coupled draws) as the cross-entropy's
   # target and the field's positives: sequence-level distillation of the LM into the one-step generator.
   "demo, ancestral coupled CE, top 16": {
