@@ -67,6 +67,9 @@ class Sampler:
   metric: str = "l2"  # Nearest-token distance of the embedding head.
   step: int | None = None  # The checkpoint's step, when restored from one.
 
+  def __post_init__(self):  # The encoder as the jitted forward's argument, split once.
+    self._enc_graphdef, self._enc_state = nnx.split(self.encoder)
+
   def generate(
     self, n: int, key: jax.Array, temperature: float = 0.0, top_k: int = 0, metric: str | None = None
   ) -> tuple[np.ndarray, np.ndarray]:
@@ -74,15 +77,14 @@ class Sampler:
     batch is drawn whole and cut), so repeated calls of the same n reuse one compiled program."""
     if n <= 0:
       raise ValueError(f"need n > 0 samples, got {n}")
-    enc_graphdef, enc_state = nnx.split(self.encoder)
-    forward = _forward(self.graphdef, enc_graphdef)
+    forward = _forward(self.graphdef, self._enc_graphdef)
     batch = min(self.batch, n)
     ids, dists = [], []
     for i in range(0, n, batch):
       k_in, k_dec = jax.random.split(jax.random.fold_in(key, i))
       noise, style = gen_lib.sample_inputs(k_in, batch, self.gen_cfg)
       tok, dist = decode.decode_outputs(
-        forward(self.params, enc_state, noise, style),
+        forward(self.params, self._enc_state, noise, style),
         self.table,
         self.gen_cfg,
         metric=metric or self.metric,
@@ -139,9 +141,7 @@ def load(
   if encoder is None:
     encoder, tokenizer = build.load_encoder_and_tokenizer(config, workdir, write=False)
   spec = train_state.generator_spec(config, encoder, tokenizer)
-  ckpt_lib.check_model(
-    workdir, train_state.model_signature(spec.cfg), write=False, defaults=train_state.signature_defaults()
-  )
+  train_state.check_model(workdir, spec.cfg, write=False)
   restored, step = ckpt_lib.restore(workdir, {"ema": spec.abstract_params}, step)
   return from_params(config, spec.graphdef, restored["ema"], spec.cfg.gen, encoder, tokenizer, step)
 

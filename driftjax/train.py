@@ -204,9 +204,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer | None
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local paths and gs:// alike.
   trainer = trainer or setup(config, workdir)
   t = config.train
-  ckpt_lib.check_model(
-    workdir, train_state.model_signature(trainer.cfg), write=True, defaults=train_state.signature_defaults()
-  )
+  train_state.check_model(workdir, trainer.cfg, write=True)
   run_config.save(workdir, config)  # After the model check: a refused run leaves DIR's config as it was.
   mngr = ckpt_lib.make_manager(workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
   state, start = ckpt_lib.restore(workdir, trainer.spec.abstract(), data_iter=trainer.data_iter, mngr=mngr)

@@ -1,7 +1,7 @@
 """What the train state is and how it is laid out on the mesh: shared by training, sampling and evaluation.
 
 - step_config: the static settings of the jitted step (driftjax/train_step.py) from a config;
-- model_signature: the settings that fix the state's shapes (DIR/model.json checks them);
+- model_signature, check_model: the settings that fix the state's shapes, and their check against DIR/model.json;
 - state_spec: the whole train state (generator, EMA, optimizer, queue) with its shardings, for training;
 - generator_spec: only the generator's parameters, for sampling a run (no optimizer, no queue).
 """
@@ -17,6 +17,7 @@ import ml_collections
 from flax import nnx
 
 from driftjax import build
+from driftjax import checkpoint as ckpt_lib
 from driftjax import sharding as shard_lib
 from driftjax import train_step as step_lib
 from driftjax.data import tokenizer as tok_lib
@@ -75,16 +76,21 @@ def _sentence_ends(config: ml_collections.ConfigDict, tokenizer) -> tuple[int, .
   return tok_lib.sentence_end_ids(tokenizer) if config.model.get("layout_multiple", 0) else ()
 
 
+def _generator_signature(gen: gen_lib.GeneratorConfig) -> dict:
+  """The generator settings that fix its parameters' shapes (the compute dtype and remat do not)."""
+  return {f"model.{k}": v for k, v in dataclasses.asdict(gen).items() if k not in ("dtype", "remat")}
+
+
 def model_signature(cfg: step_lib.StepConfig) -> dict:
-  """The settings that fix the shapes of the train state (the compute dtype and remat do not)."""
-  gen = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.gen).items() if k not in ("dtype", "remat")}
-  return {**gen, "data.groups": cfg.groups, "data.queue_size": cfg.queue_size}
+  """The settings that fix the shapes of the train state."""
+  return {**_generator_signature(cfg.gen), "data.groups": cfg.groups, "data.queue_size": cfg.queue_size}
 
 
-def signature_defaults() -> dict:
-  """The generator settings' defaults, which stand for settings absent from an older run's model.json."""
-  fields = dataclasses.fields(gen_lib.GeneratorConfig)
-  return {f"model.{f.name}": f.default for f in fields if f.name not in ("dtype", "remat")}
+def check_model(workdir: str, cfg: step_lib.StepConfig, write: bool) -> None:
+  """checkpoint.check_model of cfg's signature; a setting absent from an older run's model.json counts as its
+  default (settings are added with the behaviour that came before them as their default)."""
+  defaults = _generator_signature(gen_lib.GeneratorConfig())
+  ckpt_lib.check_model(workdir, model_signature(cfg), write=write, defaults=defaults)
 
 
 def _generator_factory(gen_cfg: gen_lib.GeneratorConfig, encoder, vocab_size: int):

@@ -294,9 +294,7 @@ def decoded_ids(out: Array, table: Array, gen_cfg: gen_lib.GeneratorConfig) -> A
 def lm_next_token_logits(encoder, rows: Array, vocab_size: int) -> Array:
   """The frozen LM's next-token logits (N, L, vocab_size) at each position of rows (N, L) read after a start token
   (end-of-text): position t's are for rows[:, t] given rows[:, :t]. No gradient (one teacher-forced pass)."""
-  start = jnp.full((rows.shape[0], 1), encoder.cfg.eos_token_id, jnp.int32)
-  lm_in = jnp.concatenate([start, rows[:, :-1]], axis=1)
-  return jax.lax.stop_gradient(encoder(input_ids=lm_in, logits=True)["logits"][..., :vocab_size])
+  return jax.lax.stop_gradient(gpt2.read_after_start(encoder, rows, logits=True)["logits"][..., :vocab_size])
 
 
 def continuation_cross_entropy(logits: Array, targets: Array, per_sample: int) -> Array:

@@ -310,11 +310,17 @@ def save_gpt2(model: GPT2, path: str) -> None:
   os.replace(tmp_c, os.path.join(path, "config.json"))
 
 
+def read_after_start(lm: GPT2, rows: Array, **outputs) -> dict[str, Array]:
+  """The LM's outputs (GPT2.__call__'s `outputs`) reading rows (N, L) after a start token (end-of-text), its last
+  token dropped: position t's are those for rows[:, t] given rows[:, :t]."""
+  start = jnp.full((rows.shape[0], 1), lm.cfg.eos_token_id, jnp.int32)
+  return lm(input_ids=jnp.concatenate([start, rows[:, :-1]], axis=1), **outputs)
+
+
 def next_token_states(lm: GPT2, rows: Array, vocab_size: int) -> tuple[Array, Array]:
   """The LM reading rows (N, L) after a start token (end-of-text): position t's final hidden state (N, L, D) and
   next-token log-probabilities (N, L, vocab_size) are those for rows[:, t] given rows[:, :t]. No gradient."""
-  start = jnp.full((rows.shape[0], 1), lm.cfg.eos_token_id, jnp.int32)
-  out = lm(input_ids=jnp.concatenate([start, rows[:, :-1]], axis=1), hidden_layers=(lm.cfg.n_layer,), logits=True)
+  out = read_after_start(lm, rows, hidden_layers=(lm.cfg.n_layer,), logits=True)
   hidden = out["hidden"][lm.cfg.n_layer].astype(jnp.float32)
   return jax.lax.stop_gradient((hidden, jax.nn.log_softmax(out["logits"][..., :vocab_size], axis=-1)))
 
