@@ -145,6 +145,11 @@ class StepConfig:
       )
     if self.continuation_coupling == "noise" and self.continuation_policy == "resample":
       raise ValueError("drift.continuation_coupling='noise' needs a sequential policy (continue, repair, ancestral)")
+    if self.continuation_coupling == "noise" and self.gen.layout_multiple:
+      raise ValueError(
+        "drift.continuation_coupling='noise' reads the noise at the text's positions, which model.layout_multiple "
+        "moves; use one or the other"
+      )
     if self.continuation_temperature < 0:
       raise ValueError(f"drift.continuation_temperature={self.continuation_temperature} must be >= 0")
     if self.continuation_temperature != 1.0 and (

@@ -71,6 +71,20 @@ def test_noise_coupling_needs_a_sequential_policy():
     train_state.step_config(config, 64, 100)
 
 
+def test_noise_coupling_does_not_take_a_slotted_layout():
+  config = tiny_config()
+  config.drift.positives = "continuation"
+  config.drift.continuation_policy = "repair"
+  config.drift.continuation_coupling = "noise"
+  config.model.head = "vocab"
+  config.model.layout_multiple = 8
+  config.model.layout_positions = 2 * config.model.seq_len
+  with pytest.raises(ValueError, match="layout_multiple"):
+    train_state.step_config(config, 64, 100, sentence_ends=(3,))
+  config.drift.continuation_coupling = "none"  # The same settings without the coupling are accepted.
+  assert train_state.step_config(config, 64, 100, sentence_ends=(3,)).gen.layout_multiple == 8
+
+
 @pytest.mark.parametrize("policy, coupling", [("resample", "none"), ("repair", "noise")])
 def test_a_draw_temperature_needs_independent_sequential_draws(policy, coupling):
   config = tiny_config()
