@@ -369,6 +369,9 @@ VARIANTS = {
     "drift.matched_ce_gap": 2.0,
   },
   "demo13, 1,200 steps": {**DEMO_13, "optim.total_steps": 1200},
+  # Twice the samples and real stories per step: the pooled bag and the matching see more of the data's choices
+  # (with the bag of single tokens, session 13, coverage 0.46 -> 0.40). Session 14 stopped it at step 200.
+  "demo13, 64 + 64 samples per step": {**DEMO_13, "data.n_gen": 64, "data.n_pos": 64},
   # The repairs' cross-entropy is what teaches grammar: twice its weight, or eight repairs per sample (a less
   # noisy average where the repairs disagree).
   "demo13, repair CE x2": {**DEMO_13, "drift.continuation_ce_weight": 2.0},
@@ -407,6 +410,32 @@ VARIANTS = {
     "model.layout_positions": 176,
     "drift.matched_ce_positions": 32,
     "optim.total_steps": 1200,
+  },
+  # Repairs that keep any of the LM's top 16 tokens (8 in the demo) above the floor: the grammar has 12 names and 10
+  # objects, each 0.07-0.13 under the LM after "named" or "a red", so 4 names and 2 objects are always outside the
+  # top 8 and every repair rewrites them (the demo's 128 samples: Sam 1, Ben 2, Anna 3, ball 1).
+  "demo13, repairs keep the top 16": {**DEMO_13, "drift.teacher_top_k": 16},
+  # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
+  # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
+  # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one
+  # LM decode per sample instead of four. Session 7 tried it only with the field alone.
+  "demo13, noise-coupled repairs": {**DEMO_13, "drift.continuation_coupling": "noise"},
+  # Slots of 12 (144 positions, a fifth fewer to write): every sentence but the opening has at most 12 tokens, and
+  # the opening (13-15) always takes two slots, so sentence k still starts at a fixed position; the matched opening
+  # covers its first three slots (the opening and the next sentence), as 32 positions of slots of 16 do.
+  "demo13, sentence slots of 12, 1,200 steps": {
+    **DEMO_13,
+    "model.layout_multiple": 12,
+    "model.layout_positions": 144,
+    "drift.matched_ce_positions": 36,
+    "optim.total_steps": 1200,
+  },
+  "demo13, sentence slots of 12, 900 steps": {
+    **DEMO_13,
+    "model.layout_multiple": 12,
+    "model.layout_positions": 144,
+    "drift.matched_ce_positions": 36,
+    "optim.total_steps": 900,
   },
   # The LM's own samples driven by each sample's noise (ancestral, noise-coupled draws) as the cross-entropy's
   # target and the field's positives: sequence-level distillation of the LM into the one-step generator.
