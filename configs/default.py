@@ -85,6 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.positives = "data"
   config.drift.teacher_top_k = 8  # Candidate next tokens per position.
   config.drift.teacher_floor = 0.01  # Candidates below this probability weigh 0.
+  # And those below this fraction of the position's top probability (min-p; 0: off), for a larger top_k.
+  config.drift.teacher_min_ratio = 0.0
   # > 0: tokens that would repeat an n-gram already in the sample are masked: teacher candidates weigh 0, and
   # continuations replace such tokens and never propose them.
   config.drift.teacher_repeat_ngram = 0

@@ -46,6 +46,7 @@ def step_config(
     positive_source=config.drift.get("positives", "data"),
     teacher_top_k=config.drift.get("teacher_top_k", 8),
     teacher_floor=config.drift.get("teacher_floor", 0.01),
+    teacher_min_ratio=config.drift.get("teacher_min_ratio", 0.0),
     teacher_repeat_ngram=config.drift.get("teacher_repeat_ngram", 0),
     teacher_repeat_window=config.drift.get("teacher_repeat_window", 0),
     teacher_weight=config.drift.get("teacher_weight", 1.0),

@@ -58,6 +58,10 @@ class StepConfig:
   positive_source: str = "data"
   teacher_top_k: int = 8
   teacher_floor: float = 0.01
+  # A candidate (kept or drawn) also needs at least this fraction of the LM's top probability at its position
+  # (min-p): with a larger teacher_top_k, every one of many equally likely choices passes (12 names at 0.07-0.10)
+  # while a weak word beside one strong one does not. 0: off.
+  teacher_min_ratio: float = 0.0
   teacher_repeat_ngram: int = 0
   teacher_repeat_window: int = 0
   teacher_weight: float = 1.0
@@ -150,6 +154,8 @@ class StepConfig:
         "drift.continuation_coupling='noise' reads the noise at the text's positions, which model.layout_multiple "
         "moves; use one or the other"
       )
+    if not 0.0 <= self.teacher_min_ratio <= 1.0:
+      raise ValueError(f"drift.teacher_min_ratio={self.teacher_min_ratio} must be in [0, 1]")
     if self.continuation_temperature < 0:
       raise ValueError(f"drift.continuation_temperature={self.continuation_temperature} must be >= 0")
     if self.continuation_temperature != 1.0 and (
@@ -509,6 +515,7 @@ def generated_loss(
       ids,
       top_k=cfg.teacher_top_k,
       floor=cfg.teacher_floor,
+      min_ratio=cfg.teacher_min_ratio,
       repeat_ngram=cfg.teacher_repeat_ngram,
       eos_id=eos,
     )
@@ -520,6 +527,7 @@ def generated_loss(
     kw = dict(
       top_k=cfg.teacher_top_k,
       floor=cfg.teacher_floor,
+      min_ratio=cfg.teacher_min_ratio,
       policy=cfg.continuation_policy,
       repeat_ngram=cfg.teacher_repeat_ngram,
       temperature=cfg.continuation_temperature,

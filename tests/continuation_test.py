@@ -25,12 +25,13 @@ def lm():
   return model
 
 
-def _acceptable(model, prefix_rows, top_k, floor):
+def _acceptable(model, prefix_rows, top_k, floor, min_ratio=0.0):
   """(B, L, V) bool: token v is acceptable at t after the row's tokens before t (full forward, no cache)."""
   lm_in = jnp.concatenate([jnp.full((prefix_rows.shape[0], 1), EOS), prefix_rows[:, :-1]], axis=1)
   probs = np.asarray(jax.nn.softmax(model(input_ids=lm_in, logits=True)["logits"], -1))
   kth = -np.sort(-probs, -1)[..., top_k - 1 : top_k]
-  return (probs >= kth) & (probs >= floor), probs
+  top = probs.max(-1, keepdims=True)
+  return (probs >= kth) & (probs >= floor) & (probs >= min_ratio * top), probs
 
 
 def _rows(model, seed=0, n=6):
@@ -68,6 +69,23 @@ def test_kept_tokens_are_acceptable_and_replaced_ones_are_not(lm, policy):
       n_replaced += not kept[b, t]
   assert n_kept > 0 and n_replaced > 0, (n_kept, n_replaced)  # The case exercises both.
   assert (first < LENGTH).any()
+
+
+def test_min_ratio_repair_keeps_and_draws_only_tokens_near_the_top_one(lm):
+  """A token is kept or drawn only if it also has min_ratio of the LM's top probability after the new prefix."""
+  ids = _rows(lm, seed=7, n=8)
+  kw = {"top_k": 8, "floor": 0.0, "policy": "repair"}
+  out = np.asarray(kv_decode.continue_samples(lm, jax.random.key(3), ids, min_ratio=0.3, **kw)[0])
+  loose = np.asarray(kv_decode.continue_samples(lm, jax.random.key(3), ids, **kw)[0])
+  ok, probs = _acceptable(lm, jnp.asarray(out), 8, 0.0, min_ratio=0.3)
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0
+  ids = np.asarray(ids)
+  for b in range(out.shape[0]):
+    for t in range(LENGTH):
+      if not ended[b, t]:
+        assert ok[b, t, out[b, t]], (b, t)  # Kept or drawn, it clears the ratio.
+        assert (out[b, t] == ids[b, t]) == ok[b, t, ids[b, t]], (b, t)  # Kept exactly where acceptable.
+  assert np.mean(out == ids) < np.mean(loose == ids)  # The ratio rejects tokens the top 8 alone would keep.
 
 
 def test_repair_keeps_more_of_the_row_than_continue(lm):

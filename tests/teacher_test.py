@@ -30,6 +30,24 @@ def test_top_k_and_floor_pick_candidates_weighted_by_probability():
   np.testing.assert_allclose(w, np.broadcast_to([0.5, 0.3, 0.15, 0.0], (2, 3, 4)), rtol=1e-5)
 
 
+def test_min_ratio_drops_candidates_far_below_the_positions_top_one():
+  # Position 0: twelve near-equal choices (0.07-0.10, as the grammar's names under the demo's LM) and junk at 0.02;
+  # position 1: one strong token (0.9) and weak ones at 0.05 and 0.03.
+  names = [0.10, 0.095, 0.09, 0.088, 0.085, 0.082, 0.08, 0.078, 0.075, 0.073, 0.072, 0.07, 0.02] + [0.0] * 5
+  strong = [0.9, 0.05, 0.03, 0.02] + [0.0] * 14
+  logits = _logits(np.maximum([names, strong], 1e-9)[None])
+  ids = jnp.zeros((1, 2), jnp.int32)
+  cand, w = teacher.next_token_candidates(logits, ids, top_k=16, floor=0.01, min_ratio=0.5)
+  kept = [set(np.asarray(cand[0, t])[np.asarray(w[0, t]) > 0].tolist()) for t in range(2)]
+  assert kept[0] == set(range(12))  # Every name is at least half the top one (0.10); the junk (0.02) is not.
+  assert kept[1] == {0}  # Beside 0.9, the 0.05 and 0.03 tokens fall out though they clear the floor.
+  # Weights stay the LM's probabilities (these lists sum to a little over 1, and the softmax renormalizes).
+  np.testing.assert_allclose(np.asarray(w[0, 0])[:12], np.array(names[:12]) / sum(names), rtol=1e-4)
+  # Without the ratio the top 8 above the floor: 4 names left out at position 0, the weak ones kept at 1.
+  cand, w = teacher.next_token_candidates(logits, ids, top_k=8, floor=0.01)
+  assert int(np.sum(np.asarray(w[0, 0]) > 0)) == 8 and int(np.sum(np.asarray(w[0, 1]) > 0)) == 4
+
+
 def test_repeat_mask_flags_only_candidates_that_complete_an_earlier_ngram():
   ids = jnp.array([[5, 6, 7, 5, 6, 9]])
   cand = jnp.broadcast_to(jnp.array([7, 9, 5, 6]), (1, 6, 4))
@@ -106,6 +124,8 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path)
     config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
     if policy == "continue":  # The generator reads its draft with the LM (model.draft_blocks).
       config.model.draft_blocks = 1
+    if policy in ("resample", "continue"):  # Candidates within a ratio of the top one (drift.teacher_min_ratio).
+      config.drift.teacher_min_ratio = 0.3
     if policy == "repair":  # A slotted layout: sentences every 8 positions (model.layout_multiple).
       config.drift.continuation_temperature = 0.0
       config.model.vocab_mode = "straight_through_linear"

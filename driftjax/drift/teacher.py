@@ -53,6 +53,7 @@ def next_token_candidates(
   *,
   top_k: int,
   floor: float,
+  min_ratio: float = 0.0,
   repeat_ngram: int = 0,
   junk_ids: Array | None = None,
   eos_id: int | None = None,
@@ -65,6 +66,7 @@ def next_token_candidates(
     ids: the sample's tokens (B, L).
     top_k: candidates per position K.
     floor: candidates with probability below it weigh 0.
+    min_ratio: so do candidates below this fraction of the position's top probability (0: off; min-p).
     repeat_ngram: candidates that would repeat an n-gram of this size already in the sample weigh 0 (0: off).
     junk_ids: optional (J,) tokens that are never positives.
     eos_id: when given, positions after the sample's first end-of-text are padding, as in real rows: their
@@ -76,7 +78,7 @@ def next_token_candidates(
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   w, cand = jax.lax.top_k(probs, top_k)
   cand = cand.astype(jnp.int32)
-  keep = w >= floor
+  keep = (w >= floor) & (w >= min_ratio * w[..., :1])  # w is sorted: [..., 0] is the top probability.
   if repeat_ngram > 0:
     keep = keep & ~repeat_mask(ids, cand, repeat_ngram)
   if junk_ids is not None and junk_ids.size:

@@ -234,6 +234,7 @@ def continue_samples(
   *,
   top_k: int,
   floor: float,
+  min_ratio: float = 0.0,
   policy: str = "continue",
   temperature: float = 1.0,
   repeat_ngram: int = 0,
@@ -244,8 +245,8 @@ def continue_samples(
 
   The LM reads each row after a start token (end-of-text). At position t a row keeps its own token ids[t] when
   that token is acceptable to the LM after the row's tokens so far (among the LM's top_k next tokens, with
-  probability >= floor); otherwise the LM samples the token there (from its top_k tokens above the floor,
-  renormalized, at `temperature`; 0: the likeliest of them). policy "continue": after the first replaced
+  probability >= floor and >= min_ratio times the LM's top probability there); otherwise the LM samples the
+  token there (from its top_k tokens that pass both, renormalized, at `temperature`; 0: the likeliest of them). policy "continue": after the first replaced
   position every later token is sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
   (each position conditioned on the repaired tokens before it); "ancestral": no token of the row is kept (the LM's
   own sample from the start token, among the same candidates). repeat_ngram n > 0: a token that would repeat
@@ -274,7 +275,7 @@ def continue_samples(
     diverged, ended, hist = carry
     probs = jax.nn.softmax(logits, axis=-1)
     top_p, top_ids = jax.lax.top_k(probs, k)
-    ok = top_p >= floor
+    ok = (top_p >= floor) & (top_p >= min_ratio * top_p[:, :1])  # top_p is sorted: column 0 is the top.
     acceptable = jnp.any(ok & (top_ids == own[:, None]), axis=-1)
     if repeat_ngram > 0:
       banned = ngram_repeats(hist, pos, jnp.concatenate([own[:, None], top_ids], 1), repeat_ngram)
