@@ -415,6 +415,14 @@ VARIANTS = {
   # objects, each 0.07-0.13 under the LM after "named" or "a red", so 4 names and 2 objects are always outside the
   # top 8 and every repair rewrites them (the demo's 128 samples: Sam 1, Ben 2, Anna 3, ball 1).
   "demo13, repairs keep the top 16": {**DEMO_13, "drift.teacher_top_k": 16},
+  # The same top 16, but a token also needs 0.3 of the LM's top probability at its position (min-p,
+  # drift.teacher_min_ratio): the 12 names (0.07-0.10) and 10 objects all pass, a weak word beside a strong one
+  # (0.05 beside 0.9) does not.
+  "demo13, repairs keep the top 16 within 0.3 of the top": {
+    **DEMO_13,
+    "drift.teacher_top_k": 16,
+    "drift.teacher_min_ratio": 0.3,
+  },
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one
