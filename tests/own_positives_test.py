@@ -54,6 +54,7 @@ def test_positive_settings_are_checked():
     ("continuation_kernel", "pooled", "continuation_kernel"),
     ("continuation_coupling", "pairs", "continuation_coupling"),
     ("continuation_temperature", -1.0, "continuation_temperature"),
+    ("teacher_min_ratio", 1.5, "teacher_min_ratio"),
   ):
     config = tiny_config()
     config.drift.positives = "data+continuation"
