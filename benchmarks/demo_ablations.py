@@ -77,6 +77,10 @@ MATCHED_16 = {
 DEMO_12 = {**MATCHED_16, "drift.continuation_weight": 0.2}
 # configs/demo.py of session 13: DEMO_12 with the pooled bag of adjacent pairs.
 DEMO_13 = {**DEMO_12, "drift.mixture_bag_weight": 1.0, "drift.mixture_bag_n": 2}
+# Sentence slots (model.layout_multiple): sentence k starts at position k times the slot, so no position has to add
+# up the lengths of the sentences before it; the matched opening covers the opening's slots.
+SLOTS_16 = {"model.layout_multiple": 16, "model.layout_positions": 176, "drift.matched_ce_positions": 32}
+SLOTS_12 = {"model.layout_multiple": 12, "model.layout_positions": 144, "drift.matched_ce_positions": 36}
 VARIANTS = {
   "demo (flat kernel, straight-through)": {},
   "flat, soft expected embedding": {"model.vocab_mode": "soft"},
@@ -398,19 +402,8 @@ VARIANTS = {
   # Sentence slots (model.layout_multiple): the generator writes 176 positions over the vocabulary and a filler,
   # sentence k at position 16 k (the grammar's longest sentence is 15 tokens), so no position has to add up the
   # lengths of the sentences before it; the matched opening covers the first two slots.
-  "demo13, sentence slots of 16": {
-    **DEMO_13,
-    "model.layout_multiple": 16,
-    "model.layout_positions": 176,
-    "drift.matched_ce_positions": 32,
-  },
-  "demo13, sentence slots of 16, 1,200 steps": {
-    **DEMO_13,
-    "model.layout_multiple": 16,
-    "model.layout_positions": 176,
-    "drift.matched_ce_positions": 32,
-    "optim.total_steps": 1200,
-  },
+  "demo13, sentence slots of 16": {**DEMO_13, **SLOTS_16},
+  "demo13, sentence slots of 16, 1,200 steps": {**DEMO_13, **SLOTS_16, "optim.total_steps": 1200},
   # Repairs that keep any of the LM's top 16 tokens (8 in the demo) above the floor: the grammar has 12 names and 10
   # objects, each 0.07-0.13 under the LM after "named" or "a red", so 4 names and 2 objects are always outside the
   # top 8 and every repair rewrites them (the demo's 128 samples: Sam 1, Ben 2, Anna 3, ball 1).
@@ -431,20 +424,8 @@ VARIANTS = {
   # Slots of 12 (144 positions, a fifth fewer to write): every sentence but the opening has at most 12 tokens, and
   # the opening (13-15) always takes two slots, so sentence k still starts at a fixed position; the matched opening
   # covers its first three slots (the opening and the next sentence), as 32 positions of slots of 16 do.
-  "demo13, sentence slots of 12, 1,200 steps": {
-    **DEMO_13,
-    "model.layout_multiple": 12,
-    "model.layout_positions": 144,
-    "drift.matched_ce_positions": 36,
-    "optim.total_steps": 1200,
-  },
-  "demo13, sentence slots of 12, 900 steps": {
-    **DEMO_13,
-    "model.layout_multiple": 12,
-    "model.layout_positions": 144,
-    "drift.matched_ce_positions": 36,
-    "optim.total_steps": 900,
-  },
+  "demo13, sentence slots of 12, 1,200 steps": {**DEMO_13, **SLOTS_12, "optim.total_steps": 1200},
+  "demo13, sentence slots of 12, 900 steps": {**DEMO_13, **SLOTS_12, "optim.total_steps": 900},
   # The LM's own samples driven by each sample's noise (ancestral, noise-coupled draws) as the cross-entropy's
   # target and the field's positives: sequence-level distillation of the LM into the one-step generator.
   "demo, ancestral coupled CE, top 16": {
