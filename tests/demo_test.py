@@ -56,11 +56,16 @@ def test_paper_variant_is_pure_feature_matching():
   assert demo_step.matched_ce_weight > 0 and demo_step.n_pos >= demo_step.n_gen
   assert demo_step.continuation_weight > 0  # The drifting field stays on beside the cross-entropies.
   assert demo_step.mixture_bag_weight > 0 and demo_step.mixture_bag_n == 2
+  # Min-p repairs: the grammar's 12 names all fit in the top 16, weak words beside a likely one do not pass.
+  assert demo_step.teacher_top_k >= 12 and 0 < demo_step.teacher_min_ratio < 1
   with pytest.raises(ValueError, match="'paper'"):
     demo_config.get_config("papr")
   # Real stories: the demo's step without the pooled bag of pairs (docs/demo.md, "Real stories").
   stories = train_state.step_config(tinystories_config.get_config(), out_dim=32, vocab_size=300)
   assert stories.mixture_bag_weight == 0 and stories.matched_ce_weight == demo_step.matched_ce_weight
+  assert stories.teacher_top_k == 8 and stories.teacher_min_ratio == 0  # Its report's rule: min-p is untried there.
+  for config in (demo_config.get_config(), tinystories_config.get_config()):  # The data row as large as the samples.
+    assert config.sample.n_samples <= config.data.holdout
 
 
 def tiny_config():
