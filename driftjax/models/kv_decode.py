@@ -247,9 +247,10 @@ def continue_samples(
   that token is acceptable to the LM after the row's tokens so far (among the LM's top_k next tokens, with
   probability >= floor and >= min_ratio times the LM's top probability there); otherwise the LM samples the
   token there (from its top_k tokens that pass both, renormalized, at `temperature`; 0: the likeliest of them).
-  policy "continue": after the first replaced position every later token is sampled (the row's prefix, then the LM's continuation); "repair": every acceptable token of the row is kept
-  (each position conditioned on the repaired tokens before it); "ancestral": no token of the row is kept (the LM's
-  own sample from the start token, among the same candidates). repeat_ngram n > 0: a token that would repeat
+  policy "continue": after the first replaced position every later token is sampled (the row's prefix, then the
+  LM's continuation); "repair": every acceptable token of the row is kept (each position conditioned on the
+  repaired tokens before it); "ancestral": no token of the row is kept (the LM's own sample from the start token,
+  among the same candidates). repeat_ngram n > 0: a token that would repeat
   an n-gram already in the new row (ngram_repeats) is neither acceptable nor a candidate (the top candidate is
   still taken when every one repeats). After a row's first end-of-text every token is end-of-text (padding, as
   in real rows). uniforms (B, L) in [0, 1): the LM's draw at position t of row b is then the inverse CDF at
