@@ -19,9 +19,11 @@ def get_config():
   # (docs/demo.md "Real stories": gen-PPL 167 under the evaluator with it, 88.9 without, both from scratch beside
   # the test suite).
   config.drift.mixture_bag_weight = 0.0
-  # The repair rule and sample count of its report (docs/demo/tinystories_report.md): configs/demo.py's min-p
-  # repairs and 512 samples (session 17) are untried on real stories, whose sample holds out only 256.
+  # The repair rule, sample count and real stories per step of its report (docs/demo/tinystories_report.md):
+  # configs/demo.py's min-p repairs and 512 samples (session 17) are untried on real stories, whose sample holds
+  # out only 256.
   config.drift.teacher_top_k = 8
   config.drift.teacher_min_ratio = 0.0
   config.sample.n_samples = 128
+  config.data.n_pos = 32  # (configs/demo.py: 128 since session 18.)
   return config

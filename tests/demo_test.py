@@ -54,6 +54,9 @@ def test_paper_variant_is_pure_feature_matching():
   demo_step = train_state.step_config(demo_config.get_config(), out_dim=32, vocab_size=300)
   assert demo_step.positive_source == "continuation" and demo_step.continuation_ce_weight > 0
   assert demo_step.matched_ce_weight > 0 and demo_step.n_pos >= demo_step.n_gen
+  # More real stories than samples per step (the bag's target, the matching's choices); the paper's variant
+  # encodes each of its positives and keeps the 32 of its figure.
+  assert demo_step.n_pos > demo_step.n_gen and step.n_pos == 32
   assert demo_step.continuation_weight > 0  # The drifting field stays on beside the cross-entropies.
   assert demo_step.mixture_bag_weight > 0 and demo_step.mixture_bag_n == 2
   # Min-p repairs: the grammar's 12 names all fit in the top 16, weak words beside a likely one do not pass.
@@ -64,6 +67,7 @@ def test_paper_variant_is_pure_feature_matching():
   stories = train_state.step_config(tinystories_config.get_config(), out_dim=32, vocab_size=300)
   assert stories.mixture_bag_weight == 0 and stories.matched_ce_weight == demo_step.matched_ce_weight
   assert stories.teacher_top_k == 8 and stories.teacher_min_ratio == 0  # Its report's rule: min-p is untried there.
+  assert stories.n_pos == 32  # Its report's real stories per step.
   for config in (demo_config.get_config(), tinystories_config.get_config()):  # The data row as large as the samples.
     assert config.sample.n_samples <= config.data.holdout
 
