@@ -1,4 +1,4 @@
-"""The offline demo (README's main job): drifting learns a story grammar on 2 CPU cores in under 20 minutes.
+"""The offline demo (README's main job): drifting learns a story grammar on 2 CPU cores (8-35 minutes).
 
 python -m driftjax.main --config=configs/demo.py --workdir=runs/demo
 --mode=demo runs: pretrain a tiny GPT-2 LM with a byte-level BPE on the built-in story grammar (the frozen
@@ -118,7 +118,7 @@ def get_config(variant: str = ""):
 
   config.optim.lr = 3e-3
   config.optim.warmup_steps = 100
-  config.optim.total_steps = 600  # About 1 s per step on 2 cores (the LM's sequential repair included).
+  config.optim.total_steps = 600  # 0.55-2.75 s per step on 2 cores by machine (the LM's sequential repair included).
   config.optim.ema_decay = 0.99
   config.optim.weight_decay = 0.0
 
