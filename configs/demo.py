@@ -28,7 +28,8 @@ def get_config(variant: str = ""):
   # 128 real stories per step for the 32 samples: the pooled bag of pairs' target and the one-to-one matching's
   # choices (below; the LM encodes none of them). From scratch on the same two LMs, 32 gave gen-PPL 3.17 under the
   # independent LM, grammatical_rate 0.838 and coverage_tv 0.221 over 512 samples; 128 give 2.34, 0.909 and 0.176
-  # (on session 13's LMs over 1,024: 2.90 / 0.852 / 0.187 against 2.82 / 0.854 / 0.153; docs/demo.md "Session 18").
+  # (seed 2: 2.84, 0.843, 0.151; on session 13's LMs over 1,024: 2.90 / 0.852 / 0.187 against 2.82 / 0.854 / 0.153;
+  # docs/demo.md "Session 18").
   config.data.n_pos = 128
   config.data.queue_size = 0
 
