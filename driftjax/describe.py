@@ -68,35 +68,71 @@ def feature_shapes(config: ml_collections.ConfigDict, enc_cfg: gpt2.GPT2Config) 
   return {k: tuple(v.shape[1:]) for k, v in shapes.items()}
 
 
+def _continuation_rows(config: ml_collections.ConfigDict) -> int:
+  """Rows the LM writes and reads per generated sample with continuation positives: 1 where a sample's M
+  continuations are one row (draws coupled to its noise, or greedy), else M."""
+  dr = config.drift
+  if dr.continuation_coupling == "noise" or dr.continuation_temperature == 0:
+    return 1
+  return dr.continuation_samples
+
+
 def field_flops(config: ml_collections.ConfigDict, shapes: dict[str, tuple[int, ...]]) -> float:
-  """Matmul FLOPs of the field over all keys: for every group and sub-group, N x (N + M) distances of width C
-  and one weighted sum per temperature (M = fresh real rows + the queue's)."""
-  d = config.data
-  n, cols = d.n_gen, d.n_gen + d.n_pos + d.queue_size
-  n_temps = len(config.drift.temperatures)
-  return float(sum(d.groups * p * n * cols * c * 2 * (1 + n_temps) for p, c in shapes.values()))
+  """Matmul FLOPs of the fields over all keys: distances of width C and one weighted sum per temperature. Data
+  positives: N x (N + M) per group and pooled index (M = fresh real rows + the queue's); continuation positives:
+  each sample against its own M continuations and its group's N samples ("own" kernel), or N x (N + N M)
+  ("batch"). The teacher loss's per-position kernel over the LM's candidates is not counted."""
+  d, dr = config.data, config.drift
+  sources = dr.positives.split("+")
+  pairs = 0  # Distances per group, pooled index and channel.
+  if "data" in sources:
+    pairs += d.n_gen * (d.n_gen + d.n_pos + d.queue_size)
+  if "continuation" in sources:
+    m = dr.continuation_samples
+    pairs += d.n_gen * (m + d.n_gen) if dr.continuation_kernel == "own" else d.n_gen * (d.n_gen + d.n_gen * m)
+  n_temps = len(dr.temperatures)
+  return float(sum(d.groups * p * pairs * c * 2 * (1 + n_temps) for p, c in shapes.values()))
 
 
 def train_flops(config, gen_cfg, enc_cfg, gen_params, shapes) -> dict[str, float]:
   """Matmul FLOPs of one training step (2 per multiply-add), by part.
 
-  Generator: forward + backward = 3x forward. Encoder on generated text: forward + backward to the inputs
-  only (no weight gradients) = 2x forward. Encoder on real text (fresh rows and the queue's, re-encoded every
-  step): forward. Field (no gradient): field_flops.
+  Generator: forward + backward = 3x forward. Encoder on generated text (its feature layers): forward + backward
+  to the inputs only (no weight gradients) = 2x forward. Encoder on real text (data positives only: fresh rows
+  and the queue's, re-encoded every step): forward. The whole LM with its output head: once over the samples for
+  the teacher's candidates (teacher positives, "resample" continuations), and over every continuation row for
+  the LM's continuations (a KV-cached pass reads each token once), whose features the encoder then takes.
+  Field (no gradient): field_flops. Not counted: the cross-entropies and the pooled bag (no matmuls).
   """
-  d = config.data
+  d, dr = config.data, config.drift
+  sources = dr.positives.split("+")
   length = gen_cfg.seq_len
-  n_gen, n_real = d.groups * d.n_gen, d.groups * (d.n_pos + d.queue_size)
-  depth = max(config.drift.layers, default=0)
+  n_gen = d.groups * d.n_gen
+  n_real = d.groups * (d.n_pos + d.queue_size) if "data" in sources else 0
+  depth = max(dr.layers, default=0)
   enc_block = 12 * enc_cfg.n_embd**2 + 2 * enc_cfg.n_embd * (enc_cfg.inner - 4 * enc_cfg.n_embd)
   enc_fwd_token = 2 * depth * enc_block + 4 * depth * length * enc_cfg.n_embd  # Weights + attention.
+  lm_fwd_token = (
+    2 * enc_cfg.n_layer * enc_block
+    + 4 * enc_cfg.n_layer * length * enc_cfg.n_embd
+    + 2 * enc_cfg.n_embd * enc_cfg.vocab_size
+  )
   positions = gen_cfg.positions  # The generator's: seq_len, or its slotted layout's.
   gen_matmul = gen_params - positions * gen_cfg.width - gen_cfg.style_codebook * gen_cfg.width
   gen_fwd_token = 2 * gen_matmul + 4 * gen_cfg.depth * positions * gen_cfg.width
+  continuing = "continuation" in sources
+  candidates = "teacher" in sources or (continuing and dr.continuation_policy == "resample")
+  cont_rows = n_gen * _continuation_rows(config) if continuing else 0
+  lm_passes = cont_rows * (dr.continuation_policy != "resample") + cont_rows * (
+    dr.continuation_ce_target == "likeliest"
+  )
   parts = {
     "generator": 3.0 * gen_fwd_token * n_gen * positions,
     "encoder_generated": 2.0 * enc_fwd_token * n_gen * length,
     "encoder_real": 1.0 * enc_fwd_token * n_real * length,
+    "lm_candidates": 1.0 * lm_fwd_token * n_gen * length * candidates,
+    "lm_continuations": 1.0 * lm_fwd_token * lm_passes * length,
+    "encoder_continuations": 1.0 * enc_fwd_token * cont_rows * length,
     "field": field_flops(config, shapes),
   }
   parts["total"] = sum(parts.values())

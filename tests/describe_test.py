@@ -91,5 +91,19 @@ def test_demo_config_counts_flat_features_whole():
   info = describe.describe(config)  # No pretrained encoder yet: its shape comes from config.pretrain.
   width = config.model.seq_len * config.pretrain.n_embd
   assert info["feature_shapes"] == {k: [1, width] for k in ("raw/flat", "h1/flat", "h2/flat")}
-  d = config.data
-  assert info["train_flops_by_part"]["field"] == 3 * d.n_gen * (d.n_gen + d.n_pos) * width * 2 * 4
+  d, m, parts = config.data, config.drift.continuation_samples, info["train_flops_by_part"]
+  # Continuation positives, own kernel: each sample against its own M repairs and the batch's samples; the LM
+  # encodes no real story, and it reads each of the N M repairs whole (layers, attention, output head).
+  assert config.drift.positives == "continuation" and config.drift.continuation_kernel == "own"
+  assert parts["field"] == 3 * d.n_gen * (m + d.n_gen) * width * 2 * 4
+  assert parts["encoder_real"] == 0 and parts["lm_candidates"] == 0
+  e, length = config.pretrain, config.model.seq_len
+  lm_token = 2 * e.n_layer * 12 * e.n_embd**2 + 4 * e.n_layer * length * e.n_embd + 2 * e.n_embd * e.bpe_vocab_size
+  assert parts["lm_continuations"] == lm_token * d.n_gen * m * length
+  assert parts["encoder_continuations"] == parts["encoder_generated"] / 2 * m  # Its feature layers, forward only.
+  # The paper's variant: data positives only, each real story encoded, no LM pass.
+  paper = describe.describe(demo_config.get_config("paper"))["train_flops_by_part"]
+  d = demo_config.get_config("paper").data
+  assert paper["field"] == 3 * d.n_gen * (d.n_gen + d.n_pos) * width * 2 * 4
+  assert paper["encoder_real"] == paper["encoder_generated"] / 2 * d.n_pos / d.n_gen
+  assert paper["lm_continuations"] == paper["encoder_continuations"] == 0
