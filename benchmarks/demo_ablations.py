@@ -445,6 +445,15 @@ VARIANTS = {
   # four times the stories (32 name each of the 8 places about 6 times, give or take 2.3: its share moves by about
   # 40% from step to step), and the one-to-one matching picks each sample's opening among four times as many.
   "demo17, 128 real stories per step": DEMO_18,
+  # Session 19, on the demo of session 18. The pooled bag of pairs at twice the weight (its coverage figures moved
+  # most with the bag: 0.52 -> 0.30 over 600 steps when it came in, session 13).
+  "demo18, pooled bag of pairs x2": {**DEMO_18, "drift.mixture_bag_weight": 2.0},
+  # 256 real stories per step: 32 -> 128 moved coverage_tv 0.187 -> 0.153 on the same LMs (session 18).
+  "demo18, 256 real stories per step": {**DEMO_18, "data.n_pos": 256},
+  # The pooled bag's target counted once over every training story (drift.mixture_bag_target="split": 660
+  # distinct pairs of the grammar, padding included) instead of the step's 128: the same expected gradient without
+  # the target's sampling noise, and a 660-column bag instead of 12,160.
+  "demo18, pooled bag against the training split": {**DEMO_18, "drift.mixture_bag_target": "split"},
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one

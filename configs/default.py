@@ -143,6 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.drift.mixture_bag_weight = 0.0
   # The pooled bag's units: 1, tokens; 2 (3), runs of two (three) adjacent tokens.
   config.drift.mixture_bag_n = 1
+  # The pooled bag's target: "batch", the step's real rows; "split", every training row's n-grams, counted once
+  # before training (files:, synthetic and tinystories_sample sources): the same target without its sampling noise.
+  config.drift.mixture_bag_target = "batch"
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -115,8 +115,24 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   batch_sh = shard_lib.leading_axis(mesh, (cfg.groups * cfg.n_pos,))
   enc_graphdef, enc_state = nnx.split(encoder)
   enc_state = jax.device_put(enc_state, shard_lib.replicated(mesh))
+  stats = pipeline.CorpusStats()
+  data = build.corpus(config)
+  rows = bag_target = None
+  if cfg.mixture_bag_weight and cfg.mixture_bag_target == "split":  # Every host counts the whole training split.
+    rows = data.train_rows(tokenizer, stats, what="drift.mixture_bag_target='split'")
+    grams, shares = step_lib.ngram_distribution(rows, cfg.mixture_bag_n)
+    bag_target = (grams, shares)  # NumPy arrays: constants of the compiled step.
+    logging.info(
+      "pooled bag target: %d distinct %d-grams of %d training rows", len(shares), cfg.mixture_bag_n, len(rows)
+    )
   step = functools.partial(
-    step_lib.train_step, graphdef=spec.graphdef, enc_graphdef=enc_graphdef, cfg=cfg, tx=spec.tx, schedule=spec.schedule
+    step_lib.train_step,
+    graphdef=spec.graphdef,
+    enc_graphdef=enc_graphdef,
+    cfg=cfg,
+    tx=spec.tx,
+    schedule=spec.schedule,
+    bag_target=bag_target,
   )
   step_fn = jax.jit(
     step,
@@ -125,8 +141,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     donate_argnums=0,
   )
   init_fn = jax.jit(spec.init, out_shardings=state_sh)
-  stats = pipeline.CorpusStats()
-  data_iter = build.corpus(config).train_iterator(tokenizer, cfg.groups * cfg.n_pos // jax.process_count(), stats)
+  data_iter = data.train_iterator(tokenizer, cfg.groups * cfg.n_pos // jax.process_count(), stats, rows)
   logging.info("data: %s", pipeline.describe_stats(stats))
   return Trainer(
     spec=spec,

@@ -67,6 +67,7 @@ def step_config(
     matched_ce_gap=config.drift.get("matched_ce_gap", 0.0),
     mixture_bag_weight=config.drift.get("mixture_bag_weight", 0.0),
     mixture_bag_n=config.drift.get("mixture_bag_n", 1),
+    mixture_bag_target=config.drift.get("mixture_bag_target", "batch"),
     chunk=config.train.get("chunk", 0),
     sentence_ends=sentence_ends,
   )

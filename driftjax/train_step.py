@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -125,6 +126,10 @@ class StepConfig:
   mixture_bag_weight: float = 0.0
   # The bag's units: 1, tokens; 2 (3), runs of two (three) adjacent tokens: bags of n-grams, local order too.
   mixture_bag_n: int = 1
+  # The bag's target: "batch", the step's real rows; "split", the n-gram distribution of every training row,
+  # counted once before training (ngram_distribution; train_step's bag_target): the same expected gradient
+  # without the sampling noise of a few real rows.
+  mixture_bag_target: str = "batch"
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
   # The tokens that end a sentence (data.tokenizer.sentence_end_ids): a generator with a slotted layout
@@ -200,6 +205,8 @@ class StepConfig:
       raise ValueError(f"drift.mixture_bag_weight={self.mixture_bag_weight} must be >= 0 and needs model.head='vocab'")
     if not 1 <= self.mixture_bag_n <= 3:
       raise ValueError(f"drift.mixture_bag_n={self.mixture_bag_n}; expected 1 (tokens), 2 (pairs) or 3 (triples)")
+    if self.mixture_bag_target not in ("batch", "split"):
+      raise ValueError(f"drift.mixture_bag_target={self.mixture_bag_target!r}; expected 'batch' or 'split'")
     for name in ("mixture_ce_positions", "matched_ce_positions"):
       if not 0 <= getattr(self, name) <= self.gen.seq_len:
         raise ValueError(f"drift.{name}={getattr(self, name)} must be in [0, model.seq_len={self.gen.seq_len}]")
@@ -377,22 +384,52 @@ def bag_divergence(logits: Array, real_ids: Array, smoothing: float = 1e-4) -> A
   return cross - empirical_entropy(real_ids[..., None])[None]
 
 
-def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing: float = 1e-4) -> Array:
-  """KL(c || q) between the real rows' (R, L) pooled bag of n-grams c (every run of n adjacent tokens of every
-  row, all rows together) and the batch's expected one q (logits (B, L, V): q(g) is the mean over every sample b
-  and start t of prod_i softmax(logits[b, t + i])[g_i], mixed with `smoothing` of the uniform distribution over
-  V^n n-grams). Neither which sample says an n-gram nor where counts; 0 when the samples together say each one
-  as often as the real rows do. n = 1: tokens; n = 2: pairs of adjacent tokens (a pair no real row has takes
-  mass from the real ones, so broken pairs such as a repeated word cost too); and so on. Memory O((B + R) L R L):
-  for the demo's 32 + 32 rows of 96 tokens, about 40 MB."""
+def ngram_distribution(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """The pooled bag of n-grams of rows (N, L) of token ids (every run of n adjacent tokens of every row, padding
+  included, as mixture_bag_divergence counts a batch's): its S distinct n-grams (S, n) int32 in sorted order and
+  their shares (S,) float32, which sum to 1."""
+  rows = np.asarray(rows)
+  if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] < n:
+    raise ValueError(f"ngram_distribution needs rows (N >= 1, L >= n={n}), got shape {rows.shape}")
+  length = rows.shape[1] - n + 1
+  grams = np.stack([rows[:, i : i + length].reshape(-1) for i in range(n)], -1)
+  distinct, counts = np.unique(grams, axis=0, return_counts=True)
+  return distinct.astype(np.int32), (counts / counts.sum()).astype(np.float32)
+
+
+def pooled_bag_divergence(logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4) -> Array:
+  """KL(c || q) between a target bag of n-grams c (grams (S, n), shares (S,) summing to 1) and the batch's
+  expected one q (logits (B, L, V): q(g) is the mean over every sample b and start t of
+  prod_i softmax(logits[b, t + i])[g_i], mixed with `smoothing` of the uniform distribution over V^n n-grams).
+  Neither which sample says an n-gram nor where counts; 0 when the samples together say each one as often as c.
+  Memory O(B L S)."""
+  n = grams.shape[1]
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  length = real_ids.shape[1] - n + 1
-  grams = jnp.stack([real_ids[:, i : i + length].reshape(-1) for i in range(n)], -1)  # (S, n): the real n-grams.
   expected = jnp.ones((probs.shape[0], probs.shape[1] - n + 1, grams.shape[0]), jnp.float32)
-  for i in range(n):  # The chance that sample b says real n-gram s at start t: (B, T, S).
+  for i in range(n):  # The chance that sample b says target n-gram s at start t: (B, T, S).
     expected = expected * probs[:, i : i + probs.shape[1] - n + 1][..., grams[:, i]]
   q = (1.0 - smoothing) * jnp.mean(expected, axis=(0, 1)) + smoothing / float(logits.shape[-1]) ** n
-  return -jnp.mean(jnp.log(q)) - empirical_entropy(grams)
+  return -jnp.sum(shares * jnp.log(q)) - distribution_entropy(shares)
+
+
+def distribution_entropy(shares: Array) -> Array:
+  """-sum_s p_s log p_s of a distribution (S,) (0 log 0 = 0)."""
+  safe = jnp.where(shares > 0, shares, 1.0)
+  return -jnp.sum(shares * jnp.log(safe))
+
+
+def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing: float = 1e-4) -> Array:
+  """pooled_bag_divergence against the real rows' (R, L) pooled bag of n-grams (every run of n adjacent tokens
+  of every row, all rows together, each occurrence one unit). n = 1: tokens; n = 2: pairs of adjacent tokens (a
+  pair no real row has takes mass from the real ones, so broken pairs such as a repeated word cost too); and so
+  on. Memory O((B + R) L R L): for the demo's 32 + 128 rows of 96 tokens, about 150 MB."""
+  length = real_ids.shape[1] - n + 1
+  grams = jnp.stack([real_ids[:, i : i + length].reshape(-1) for i in range(n)], -1)  # (S, n): the real n-grams.
+  shares = jnp.full((grams.shape[0],), 1.0 / grams.shape[0], jnp.float32)  # Repeats add up to their share.
+  # The target's entropy over distinct n-grams (the shares of repeated ones counted together), not log S.
+  return (
+    pooled_bag_divergence(logits, grams, shares, smoothing) + distribution_entropy(shares) - empirical_entropy(grams)
+  )
 
 
 def position_cross_entropy(logits: Array, real_ids: Array) -> Array:
@@ -442,6 +479,7 @@ def generated_loss(
   noise: Array | None = None,
   step: Array | None = None,
   real_ids: Array | None = None,
+  bag_target: tuple[Array, Array] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The drift loss of generator outputs out (B, L, V or D; with a slotted layout (B, P, V + 1)) and the metrics
   to watch.
@@ -452,9 +490,15 @@ def generated_loss(
   noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise");
   step: the training step (needed with continuation_ce_start > 0);
   real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight, mixture_bag_weight or matched_ce_weight
-  > 0).
+  > 0);
+  bag_target: the (grams (S, n), shares (S,)) of ngram_distribution over the training rows (needed with
+  mixture_bag_target "split").
   """
-  uses_real = [name for name in ("mixture_ce_weight", "mixture_bag_weight", "matched_ce_weight") if getattr(cfg, name)]
+  if cfg.mixture_bag_weight and cfg.mixture_bag_target == "split" and bag_target is None:
+    raise ValueError("drift.mixture_bag_target='split' needs the training rows' n-gram distribution (bag_target)")
+  uses_real = [name for name in ("mixture_ce_weight", "matched_ce_weight") if getattr(cfg, name)]
+  if cfg.mixture_bag_weight and cfg.mixture_bag_target == "batch":
+    uses_real.append("mixture_bag_weight")
   if uses_real and real_ids is None:
     raise ValueError(f"drift.{uses_real[0]} needs the real rows' tokens")
   if cfg.uses_continuation and cfg.continuation_ce_start and step is None:
@@ -476,7 +520,10 @@ def generated_loss(
     total = total + cfg.mixture_ce_weight * mix
     metrics["loss/mixture_ce"] = mix
   if cfg.mixture_bag_weight:
-    pooled = mixture_bag_divergence(out, real_ids, cfg.mixture_bag_n)
+    if cfg.mixture_bag_target == "split":
+      pooled = pooled_bag_divergence(out, *bag_target)
+    else:
+      pooled = mixture_bag_divergence(out, real_ids, cfg.mixture_bag_n)
     total = total + cfg.mixture_bag_weight * pooled
     metrics["loss/mixture_bag"] = pooled
   if cfg.matched_ce_weight:
@@ -657,8 +704,9 @@ def train_step(
   cfg: StepConfig,
   tx: optax.GradientTransformation,
   schedule,
+  bag_target: tuple[Array, Array] | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
-  """One update. real_ids: (G * n_pos, L) int32 fresh real rows, group-major."""
+  """One update. real_ids: (G * n_pos, L) int32 fresh real rows, group-major; bag_target: generated_loss's."""
   encoder = nnx.merge(enc_graphdef, jax.lax.stop_gradient(enc_state))
   g, length = cfg.groups, real_ids.shape[1]
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -683,7 +731,16 @@ def train_step(
       draft, out = model.drafts(noise, style, gpt2.draft_reader(encoder, cfg.gen.vocab_size))
       key = jax.random.fold_in(step_key, 1)
       loss, metrics = generated_loss(
-        encoder, out, pos_feats, pos_w, cfg, key=key, noise=noise, step=state["step"], real_ids=real_ids
+        encoder,
+        out,
+        pos_feats,
+        pos_w,
+        cfg,
+        key=key,
+        noise=noise,
+        step=state["step"],
+        real_ids=real_ids,
+        bag_target=bag_target,
       )
       if cfg.gen.draft_blocks:  # How much reading the draft changed: the share of tokens the final pass moved.
         changed = jnp.argmax(draft, -1) != jnp.argmax(out, -1)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from train_test import tiny_config
 
+from driftjax import build
 from driftjax import train
 from driftjax import train_state
 from driftjax import train_step
+from driftjax.data import pipeline
 
 # Two samples, two positions, three tokens.
 PROBS = np.array([[[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]], [[0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])
@@ -139,18 +141,72 @@ def test_mixture_bag_settings_are_checked(head, weight, n):
     train_state.step_config(config, 64, 100)
 
 
-def test_the_terms_on_real_tokens_say_when_they_are_missing(tmp_path):
+def bag_of_pairs_setup(tmp_path, target: str):
+  """A tiny vocab-head trainer with the pooled bag of pairs against `target`, random head logits and
+  generated_loss's positional arguments for them."""
   config = tiny_config()
   config.model.head = "vocab"
   config.drift.mixture_bag_weight, config.drift.mixture_bag_n = 1.0, 2
+  config.drift.mixture_bag_target = target
   trainer = train.setup(config, str(tmp_path))
   cfg = trainer.cfg
   out = jax.random.normal(jax.random.key(0), (cfg.n_gen, cfg.gen.seq_len, cfg.gen.vocab_size))
   pos = train_step.feature_dict(trainer.encoder, None, jnp.zeros((cfg.n_pos, cfg.gen.seq_len), jnp.int32), cfg)
-  args = (trainer.encoder, out, pos, jnp.ones((1, cfg.n_pos)), cfg)
+  return config, trainer, out, (trainer.encoder, out, pos, jnp.ones((1, cfg.n_pos)), cfg)
+
+
+def test_the_terms_on_real_tokens_say_when_they_are_missing(tmp_path):
+  _, trainer, out, args = bag_of_pairs_setup(tmp_path, "batch")
+  cfg = trainer.cfg
   with pytest.raises(ValueError, match="mixture_bag_weight needs the real rows' tokens"):
     train_step.generated_loss(*args)
   real = jax.random.randint(jax.random.key(1), (cfg.n_pos, cfg.gen.seq_len), 0, cfg.gen.vocab_size)
   _, metrics = train_step.generated_loss(*args, real_ids=real)
   expected = train_step.mixture_bag_divergence(out, real, n=2)
   np.testing.assert_allclose(float(metrics["loss/mixture_bag"]), float(expected), rtol=1e-5)
+
+
+def test_the_training_split_bag_counts_every_n_gram_of_every_row():
+  rows = np.array([[5, 7, 7, 0], [7, 7, 0, 0]])  # Pairs: 5 7, 7 7, 7 0, 7 7, 7 0, 0 0 (padding counts too).
+  grams, shares = train_step.ngram_distribution(rows, 2)
+  assert grams.dtype == np.int32 and grams.tolist() == [[0, 0], [5, 7], [7, 0], [7, 7]]
+  np.testing.assert_allclose(shares, [1 / 6, 1 / 6, 2 / 6, 2 / 6], rtol=1e-6)
+  grams, shares = train_step.ngram_distribution(rows, 1)
+  assert grams.tolist() == [[0], [5], [7]]
+  np.testing.assert_allclose(shares, [3 / 8, 1 / 8, 4 / 8], rtol=1e-6)
+  for bad, n in ((np.zeros((0, 4), np.int32), 1), (rows, 5), (rows[0], 1)):
+    with pytest.raises(ValueError, match="ngram_distribution needs rows"):
+      train_step.ngram_distribution(bad, n)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_split_target_made_of_the_batch_rows_is_the_batch_bag(n):
+  # The same divergence, value and gradient, whether the bag comes from the rows themselves or from their counts.
+  real = jax.random.randint(jax.random.key(2), (6, 5), 0, 4)  # Few tokens: repeated n-grams.
+  logits = jax.random.normal(jax.random.key(3), (3, 5, 4))
+  grams, shares = train_step.ngram_distribution(np.asarray(real), n)
+  assert len(shares) < 6 * (5 - n + 1)  # Some n-grams repeat, so the shares are not uniform.
+  batch = lambda z: train_step.mixture_bag_divergence(z, real, n)
+  split = lambda z: train_step.pooled_bag_divergence(z, jnp.asarray(grams), jnp.asarray(shares))
+  np.testing.assert_allclose(float(split(logits)), float(batch(logits)), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(split)(logits), jax.grad(batch)(logits), rtol=1e-4, atol=1e-7)
+
+
+def test_the_split_target_is_counted_once_and_reaches_the_step(tmp_path):
+  config, trainer, out, args = bag_of_pairs_setup(tmp_path, "split")
+  with pytest.raises(ValueError, match="mixture_bag_target='split' needs the training rows"):
+    train_step.generated_loss(*args)
+  rows = build.corpus(config).train_rows(trainer.tokenizer, pipeline.CorpusStats())
+  target = train_step.ngram_distribution(rows, 2)
+  _, metrics = train_step.generated_loss(*args, bag_target=target)  # No real rows needed.
+  np.testing.assert_allclose(float(metrics["loss/mixture_bag"]), float(train_step.pooled_bag_divergence(out, *target)))
+  # The compiled step holds the same target: its bag term is the divergence of its own samples from it.
+  state, metrics = trainer.step_fn(trainer.init_state(), trainer.next_batch(), trainer.enc_state)
+  assert np.isfinite(float(metrics["loss/mixture_bag"])) and float(metrics["loss/mixture_bag"]) > 0
+  # An hf: source is tokenized lazily: no split to count, a clear error; an unknown target is refused.
+  config.data.source = "hf:roneneldan/TinyStories"
+  with pytest.raises(ValueError, match="mixture_bag_target='split' needs a files:, synthetic or tinystories_sample"):
+    build.corpus(config).train_rows(trainer.tokenizer, pipeline.CorpusStats(), "drift.mixture_bag_target='split'")
+  config.drift.mixture_bag_target = "window"
+  with pytest.raises(ValueError, match="mixture_bag_target"):
+    train_state.step_config(config, 64, 100)

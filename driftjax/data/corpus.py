@@ -43,16 +43,25 @@ class Corpus:
     docs = pipeline.load_documents(self.source, seed=self.seed, synthetic_docs=self.synthetic_docs)
     return pipeline.split_holdout(docs, self.holdout, self.seed)[0 if part == "train" else 1]
 
-  def train_iterator(self, tokenizer, batch_per_host: int, stats: pipeline.CorpusStats):
-    """This host's endless iterator of training batches (B, L); `stats` counts what tokenization saw."""
-    docs = self.documents("train")
+  def train_rows(self, tokenizer, stats: pipeline.CorpusStats, what: str = "this") -> np.ndarray:
+    """Every training row (N, L) of token ids (files:, synthetic and tinystories_sample sources; `what` names the
+    setting that needs them in the error an hf: source gets)."""
+    if self.is_hub:
+      raise ValueError(
+        f"{what} needs a files:, synthetic or tinystories_sample source (hf: sources are tokenized lazily)"
+      )
+    return pipeline.tokenize_documents(self.documents("train"), tokenizer, self.seq_len, self.pack, stats)
+
+  def train_iterator(self, tokenizer, batch_per_host: int, stats: pipeline.CorpusStats, rows: np.ndarray | None = None):
+    """This host's endless iterator of training batches (B, L); `stats` counts what tokenization saw; rows: the
+    training rows when the caller has them already (train_rows)."""
     if self.is_hub:
       if self.pack:
         raise ValueError(
           "data.pack needs a files:, synthetic or tinystories_sample source (hf: sources are tokenized lazily)"
         )
-      return pipeline.hf_iterator(docs, tokenizer, self.seq_len, batch_per_host, self.seed, stats)
-    rows = pipeline.tokenize_documents(docs, tokenizer, self.seq_len, self.pack, stats)
+      return pipeline.hf_iterator(self.documents("train"), tokenizer, self.seq_len, batch_per_host, self.seed, stats)
+    rows = self.train_rows(tokenizer, stats) if rows is None else rows
     return pipeline.make_iterator(rows, batch_per_host, self.seed)
 
   def heldout_rows(self, tokenizer, n: int) -> np.ndarray:
