@@ -68,15 +68,6 @@ def feature_shapes(config: ml_collections.ConfigDict, enc_cfg: gpt2.GPT2Config) 
   return {k: tuple(v.shape[1:]) for k, v in shapes.items()}
 
 
-def _continuation_rows(config: ml_collections.ConfigDict) -> int:
-  """Rows the LM writes and reads per generated sample with continuation positives: 1 where a sample's M
-  continuations are one row (draws coupled to its noise, or greedy), else M."""
-  dr = config.drift
-  if dr.continuation_coupling == "noise" or dr.continuation_temperature == 0:
-    return 1
-  return dr.continuation_samples
-
-
 def field_flops(config: ml_collections.ConfigDict, shapes: dict[str, tuple[int, ...]]) -> float:
   """Matmul FLOPs of the fields over all keys: distances of width C and one weighted sum per temperature. Data
   positives: N x (N + M) per group and pooled index (M = fresh real rows + the queue's); continuation positives:
@@ -122,7 +113,8 @@ def train_flops(config, gen_cfg, enc_cfg, gen_params, shapes) -> dict[str, float
   gen_fwd_token = 2 * gen_matmul + 4 * gen_cfg.depth * positions * gen_cfg.width
   continuing = "continuation" in sources
   candidates = "teacher" in sources or (continuing and dr.continuation_policy == "resample")
-  cont_rows = n_gen * _continuation_rows(config) if continuing else 0
+  cont_rows = n_gen * train_state.step_config(config, enc_cfg.n_embd, enc_cfg.vocab_size).continuation_rows
+  cont_rows = cont_rows if continuing else 0
   lm_passes = cont_rows * (dr.continuation_policy != "resample") + cont_rows * (
     dr.continuation_ce_target == "likeliest"
   )

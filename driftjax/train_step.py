@@ -238,6 +238,13 @@ class StepConfig:
     return "continuation" in self.positive_source.split("+")
 
   @property
+  def continuation_rows(self) -> int:
+    """Rows the LM writes per sample: 1 where its M continuations are one row (draws coupled to its noise, or
+    greedy; "resample" draws M), else M."""
+    one_row = self.continuation_coupling == "noise" or self.continuation_temperature == 0
+    return 1 if one_row and self.continuation_policy != "resample" else self.continuation_samples
+
+  @property
   def positives(self) -> int:
     return self.n_pos + self.queue_size
 
@@ -384,6 +391,12 @@ def bag_divergence(logits: Array, real_ids: Array, smoothing: float = 1e-4) -> A
   return cross - empirical_entropy(real_ids[..., None])[None]
 
 
+def ngrams(rows: Array, n: int) -> Array:
+  """Every run of n adjacent tokens of every row of rows (N, L), row by row: (N (L - n + 1), n)."""
+  length = rows.shape[1] - n + 1
+  return jnp.stack([rows[:, i : i + length].reshape(-1) for i in range(n)], -1)
+
+
 def ngram_distribution(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
   """The pooled bag of n-grams of rows (N, L) of token ids (every run of n adjacent tokens of every row, padding
   included, as mixture_bag_divergence counts a batch's): its S distinct n-grams (S, n) int32 in sorted order and
@@ -391,17 +404,14 @@ def ngram_distribution(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
   rows = np.asarray(rows)
   if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] < n:
     raise ValueError(f"ngram_distribution needs rows (N >= 1, L >= n={n}), got shape {rows.shape}")
-  length = rows.shape[1] - n + 1
-  grams = np.stack([rows[:, i : i + length].reshape(-1) for i in range(n)], -1)
-  distinct, counts = np.unique(grams, axis=0, return_counts=True)
+  distinct, counts = np.unique(np.asarray(ngrams(rows, n)), axis=0, return_counts=True)
   return distinct.astype(np.int32), (counts / counts.sum()).astype(np.float32)
 
 
-def pooled_bag_divergence(logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4) -> Array:
-  """KL(c || q) between a target bag of n-grams c (grams (S, n), shares (S,) summing to 1) and the batch's
-  expected one q (logits (B, L, V): q(g) is the mean over every sample b and start t of
+def pooled_bag_cross_entropy(logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4) -> Array:
+  """-sum_s shares[s] log q(grams[s]): a target bag of n-grams (grams (S, n), shares (S,) summing to 1) under the
+  batch's expected one q (logits (B, L, V): q(g) is the mean over every sample b and start t of
   prod_i softmax(logits[b, t + i])[g_i], mixed with `smoothing` of the uniform distribution over V^n n-grams).
-  Neither which sample says an n-gram nor where counts; 0 when the samples together say each one as often as c.
   Memory O(B L S)."""
   n = grams.shape[1]
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -409,7 +419,14 @@ def pooled_bag_divergence(logits: Array, grams: Array, shares: Array, smoothing:
   for i in range(n):  # The chance that sample b says target n-gram s at start t: (B, T, S).
     expected = expected * probs[:, i : i + probs.shape[1] - n + 1][..., grams[:, i]]
   q = (1.0 - smoothing) * jnp.mean(expected, axis=(0, 1)) + smoothing / float(logits.shape[-1]) ** n
-  return -jnp.sum(shares * jnp.log(q)) - distribution_entropy(shares)
+  return -jnp.sum(shares * jnp.log(q))
+
+
+def pooled_bag_divergence(logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4) -> Array:
+  """KL(c || q) between a target bag of n-grams c (grams (S, n), shares (S,) summing to 1) and the batch's
+  expected one q (pooled_bag_cross_entropy less the target's entropy). Neither which sample says an n-gram nor
+  where counts; 0 when the samples together say each one as often as c."""
+  return pooled_bag_cross_entropy(logits, grams, shares, smoothing) - distribution_entropy(shares)
 
 
 def distribution_entropy(shares: Array) -> Array:
@@ -423,13 +440,10 @@ def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing
   of every row, all rows together, each occurrence one unit). n = 1: tokens; n = 2: pairs of adjacent tokens (a
   pair no real row has takes mass from the real ones, so broken pairs such as a repeated word cost too); and so
   on. Memory O((B + R) L R L): for the demo's 32 + 128 rows of 96 tokens, about 150 MB."""
-  length = real_ids.shape[1] - n + 1
-  grams = jnp.stack([real_ids[:, i : i + length].reshape(-1) for i in range(n)], -1)  # (S, n): the real n-grams.
+  grams = ngrams(real_ids, n)  # (S, n): the real n-grams.
   shares = jnp.full((grams.shape[0],), 1.0 / grams.shape[0], jnp.float32)  # Repeats add up to their share.
-  # The target's entropy over distinct n-grams (the shares of repeated ones counted together), not log S.
-  return (
-    pooled_bag_divergence(logits, grams, shares, smoothing) + distribution_entropy(shares) - empirical_entropy(grams)
-  )
+  # Less the target's entropy over distinct n-grams (the shares of repeated ones counted together).
+  return pooled_bag_cross_entropy(logits, grams, shares, smoothing) - empirical_entropy(grams)
 
 
 def position_cross_entropy(logits: Array, real_ids: Array) -> Array:
@@ -582,7 +596,7 @@ def generated_loss(
     copies = 1  # Positives per row of cont (M where one row stands for a sample's M positives).
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
-    elif cfg.continuation_coupling == "noise" or cfg.continuation_temperature == 0:
+    elif cfg.continuation_rows == 1:  # (With M = 1 the same call as below.)
       # The M continuations of a sample are one row: its draws are a function of its noise, or greedy.
       uniforms = None
       if cfg.continuation_coupling == "noise":
