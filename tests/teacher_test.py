@@ -106,94 +106,98 @@ def test_teacher_loss_pulls_each_position_toward_its_own_candidates():
   assert norms[0].mean() < 0.2 * norms[1:].mean(), norms
 
 
-def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path):
-  # Each part of drift.positives at least once, both kinds of continuation (sequential and one-pass).
-  for positives, policy in (
+@pytest.mark.parametrize(
+  "positives, policy",
+  [
     ("teacher", ""),
     ("data+continuation", "continue"),
     ("data+teacher+continuation", "resample"),
     ("continuation", "ancestral"),  # With draws coupled to the generator's noise.
     ("continuation", "repair"),  # Greedy draws (M copies of one row), the linear straight-through head.
-  ):  # The continue and greedy repair cases add the cross-entropy toward the continuations (the likeliest of M
-    # rows / the one row of each sample).
-    config = tiny_config()
-    config.model.head = "vocab"
-    config.model.vocab_mode = "straight_through"
-    config.drift.positives = positives
-    config.drift.continuation_policy = policy or "continue"
-    config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
-    if policy == "continue":  # The generator reads its draft with the LM (model.draft_blocks).
-      config.model.draft_blocks = 1
-    if policy in ("resample", "continue"):  # Candidates within a ratio of the top one (drift.teacher_min_ratio).
-      config.drift.teacher_min_ratio = 0.3
-    if policy == "repair":  # A slotted layout: sentences every 8 positions (model.layout_multiple).
-      config.drift.continuation_temperature = 0.0
-      config.model.vocab_mode = "straight_through_linear"
-      config.model.layout_multiple, config.model.layout_positions = 8, 40
-    if policy in ("continue", "repair"):
-      config.drift.continuation_ce_weight = 0.5
-    if policy == "continue":
-      config.drift.continuation_ce_target = "likeliest"
-    if policy == "repair":  # And each sample's cross-entropy toward its matched real row: first 6 tokens
-      # aligned, bags.
-      config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
-      config.drift.matched_ce_bag_weight, config.drift.matched_ce_gap = 1.0, 2.0
-    if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens, and their bags.
-      config.drift.mixture_ce_weight, config.drift.mixture_ce_positions = 0.5, 4
-      config.drift.mixture_bag_weight = 0.5
-    config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
-    config.drift.teacher_repeat_ngram = 2
-    config.drift.teacher_repeat_window = 2
-    trainer = train.setup(config, str(tmp_path / f"{positives.replace('+', '_')}_{policy}"))
-    state = trainer.init_state()
-    state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)  # The one compilation.
-    compiles = []
-    listener = lambda event, duration, compiles=compiles, **kw: (
-      compiles.append(event) if "backend_compile" in event else None
+  ],
+)
+def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path, positives, policy):
+  # Each part of drift.positives at least once, both kinds of continuation (sequential and one-pass). The continue
+  # and greedy repair cases add the cross-entropy toward the continuations (the likeliest of M rows / the one row
+  # of each sample).
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.model.vocab_mode = "straight_through"
+  config.drift.positives = positives
+  config.drift.continuation_policy = policy or "continue"
+  config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
+  if policy == "continue":  # The generator reads its draft with the LM (model.draft_blocks).
+    config.model.draft_blocks = 1
+  if policy in ("resample", "continue"):  # Candidates within a ratio of the top one (drift.teacher_min_ratio).
+    config.drift.teacher_min_ratio = 0.3
+  if policy == "repair":  # A slotted layout: sentences every 8 positions (model.layout_multiple).
+    config.drift.continuation_temperature = 0.0
+    config.model.vocab_mode = "straight_through_linear"
+    config.model.layout_multiple, config.model.layout_positions = 8, 40
+  if policy in ("continue", "repair"):
+    config.drift.continuation_ce_weight = 0.5
+  if policy == "continue":
+    config.drift.continuation_ce_target = "likeliest"
+  if policy == "repair":  # And each sample's cross-entropy toward its matched real row: first 6 tokens
+    # aligned, bags.
+    config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
+    config.drift.matched_ce_bag_weight, config.drift.matched_ce_gap = 1.0, 2.0
+  if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens, and their bags.
+    config.drift.mixture_ce_weight, config.drift.mixture_ce_positions = 0.5, 4
+    config.drift.mixture_bag_weight = 0.5
+  config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
+  config.drift.teacher_repeat_ngram = 2
+  config.drift.teacher_repeat_window = 2
+  trainer = train.setup(config, str(tmp_path / f"{positives.replace('+', '_')}_{policy}"))
+  state = trainer.init_state()
+  state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)  # The one compilation.
+  compiles = []
+  listener = lambda event, duration, compiles=compiles, **kw: (
+    compiles.append(event) if "backend_compile" in event else None
+  )
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    for _ in range(2):
+      state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
+    metrics = jax.device_get(metrics)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == [], f"{positives}: {len(compiles)} compilations after the first step"
+  keys = {"teacher": ("loss/teacher", "diag/eff_positives"), "continuation": ("loss/continuation",)}
+  for key in ("loss", "grad_norm", "diag/dup_adjacent") + sum((keys.get(p, ()) for p in positives.split("+")), ()):
+    assert np.isfinite(metrics[key]), (positives, key, metrics[key])
+  assert metrics["grad_norm"] > 0
+  assert any(k.startswith("loss/raw") for k in metrics) == ("data" in positives)
+  assert ("loss/continuation_ce" in metrics) == (policy in ("continue", "repair"))
+  assert ("loss/mixture_ce" in metrics) == (positives == "teacher")
+  if "loss/mixture_ce" in metrics:  # Between 0 and a token no sample offers (log(V / 1e-4)).
+    assert 0 < metrics["loss/mixture_ce"] < np.log(50_257 / 1e-4)
+    # A random head's pooled bag is near uniform: its divergence from the real bag is about log V - entropy.
+    assert 1.0 < metrics["loss/mixture_bag"] < np.log(50_257)
+  assert ("loss/matched_ce" in metrics) == (policy == "repair")
+  if "loss/matched_ce" in metrics:  # A random head: about log V per token, nearly every token off its match.
+    assert 1.0 < metrics["loss/matched_ce"] < 2 * np.log(50_257)
+    assert 0.5 < metrics["diag/matched_changed"] <= 1
+    # The bags: about log V under a random head; a random head shares almost no tokens with its match.
+    assert 1.0 < metrics["loss/matched_bag"] < 2 * np.log(50_257)
+    assert 0 <= metrics["diag/matched_bag_overlap"] < 0.5
+  if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
+    assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
+  assert ("diag/draft_changed" in metrics) == (policy == "continue")
+  if policy == "continue":  # Two updates moved the LM's weight in the final logits off zero.
+    assert 0 <= metrics["diag/draft_changed"] <= 1 and metrics["diag/draft_gate"] != 0
+  assert ("diag/layout_filler" in metrics) == (policy == "repair")
+  if policy == "repair":  # The text fills the layout's first 32 of 40 positions or more: few fillers yet.
+    assert 0 <= metrics["diag/layout_filler"] <= 0.2 and 0 <= metrics["diag/layout_short"] <= 1
+  if policy in ("continue", "repair"):  # Sampling reads the draft / drops the fillers: text of seq_len tokens.
+    gen = sampler_lib.from_params(
+      config, trainer.graphdef, state["ema"], trainer.cfg.gen, trainer.encoder, trainer.tokenizer, batch=2
     )
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-      for _ in range(2):
-        state, metrics = trainer.step_fn(state, trainer.next_batch(), trainer.enc_state)
-      metrics = jax.device_get(metrics)
-    finally:
-      jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles == [], f"{positives}: {len(compiles)} compilations after the first step"
-    keys = {"teacher": ("loss/teacher", "diag/eff_positives"), "continuation": ("loss/continuation",)}
-    for key in ("loss", "grad_norm", "diag/dup_adjacent") + sum((keys.get(p, ()) for p in positives.split("+")), ()):
-      assert np.isfinite(metrics[key]), (positives, key, metrics[key])
-    assert metrics["grad_norm"] > 0
-    assert any(k.startswith("loss/raw") for k in metrics) == ("data" in positives)
-    assert ("loss/continuation_ce" in metrics) == (policy in ("continue", "repair"))
-    assert ("loss/mixture_ce" in metrics) == (positives == "teacher")
-    if "loss/mixture_ce" in metrics:  # Between 0 and a token no sample offers (log(V / 1e-4)).
-      assert 0 < metrics["loss/mixture_ce"] < np.log(50_257 / 1e-4)
-      # A random head's pooled bag is near uniform: its divergence from the real bag is about log V - entropy.
-      assert 1.0 < metrics["loss/mixture_bag"] < np.log(50_257)
-    assert ("loss/matched_ce" in metrics) == (policy == "repair")
-    if "loss/matched_ce" in metrics:  # A random head: about log V per token, nearly every token off its match.
-      assert 1.0 < metrics["loss/matched_ce"] < 2 * np.log(50_257)
-      assert 0.5 < metrics["diag/matched_changed"] <= 1
-      # The bags: about log V under a random head; a random head shares almost no tokens with its match.
-      assert 1.0 < metrics["loss/matched_bag"] < 2 * np.log(50_257)
-      assert 0 <= metrics["diag/matched_bag_overlap"] < 0.5
-    if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
-      assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
-    assert ("diag/draft_changed" in metrics) == (policy == "continue")
-    if policy == "continue":  # Two updates moved the LM's weight in the final logits off zero.
-      assert 0 <= metrics["diag/draft_changed"] <= 1 and metrics["diag/draft_gate"] != 0
-    assert ("diag/layout_filler" in metrics) == (policy == "repair")
-    if policy == "repair":  # The text fills the layout's first 32 of 40 positions or more: few fillers yet.
-      assert 0 <= metrics["diag/layout_filler"] <= 0.2 and 0 <= metrics["diag/layout_short"] <= 1
-    if policy in ("continue", "repair"):  # Sampling reads the draft / drops the fillers: text of seq_len tokens.
-      gen = sampler_lib.from_params(
-        config, trainer.graphdef, state["ema"], trainer.cfg.gen, trainer.encoder, trainer.tokenizer, batch=2
-      )
-      assert gen.generate(2, jax.random.key(0))[0].shape == (2, config.model.seq_len)
-    if "continuation" in positives:
-      # The random LM finds most sampled tokens unlikely: the continuations differ from the samples.
-      assert 0 < metrics["diag/cont_changed"] <= 1 and metrics["diag/cont_first_changed"] >= 0
-      assert any(k.startswith("cont/loss/") for k in metrics)
+    assert gen.generate(2, jax.random.key(0))[0].shape == (2, config.model.seq_len)
+  if "continuation" in positives:
+    # The random LM finds most sampled tokens unlikely: the continuations differ from the samples.
+    assert 0 < metrics["diag/cont_changed"] <= 1 and metrics["diag/cont_first_changed"] >= 0
+    assert any(k.startswith("cont/loss/") for k in metrics)
 
 
 def test_resample_keeps_likely_tokens_and_draws_the_others_by_weight():
