@@ -454,6 +454,26 @@ VARIANTS = {
   # distinct pairs of the grammar, padding included) instead of the step's 128: the same expected gradient without
   # the target's sampling noise, and a 660-column bag instead of 12,160.
   "demo18, pooled bag against the training split": {**DEMO_18, "drift.mixture_bag_target": "split"},
+  # Session 20. The demo's samples skip whole choices: over 512 of them, green, shiny and yellow 0.2% each (data
+  # 13%), cat 2% and bird 4% (12-13%), while the softmax's pooled bag is near the target (its head hedges). The
+  # bag's gradient weighed by the argmax's counts pushes the choices no sample writes (drift.mixture_bag_counts).
+  "demo18, pooled bag by argmax counts": {**DEMO_18, "drift.mixture_bag_counts": "argmax"},
+  # The matching among 32 of the 128 real stories (drift.matched_ce_rows): every real opening of the step becomes
+  # a sample's target, instead of each sample's nearest of 128, which kept its favourite kind and adjective.
+  "demo18, matching among 32 real stories": {**DEMO_18, "drift.matched_ce_rows": 32},
+  "demo18, argmax bag and matching among 32": {
+    **DEMO_18,
+    "drift.mixture_bag_counts": "argmax",
+    "drift.matched_ce_rows": 32,
+  },
+  # The pooled bag of pairs at three times the weight, and at twice with the matching among 32 (the best quality
+  # of the three rows above).
+  "demo18, pooled bag of pairs x3": {**DEMO_18, "drift.mixture_bag_weight": 3.0},
+  "demo18, matching among 32, pooled bag of pairs x2": {
+    **DEMO_18,
+    "drift.matched_ce_rows": 32,
+    "drift.mixture_bag_weight": 2.0,
+  },
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one

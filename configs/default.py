@@ -138,6 +138,9 @@ def get_config() -> ml_collections.ConfigDict:
   # monotone alignment, each token of either left unaligned costing this many nats (a sentence said a few tokens
   # early or late is still compared with the same sentence). 0: position by position.
   config.drift.matched_ce_gap = 0.0
+  # > 0: the matching chooses among the step's first this many real stories (data.n_gen to data.n_pos; 0: all):
+  # with as many as samples, every real opening of the step is some sample's target.
+  config.drift.matched_ce_rows = 0
   # > 0: plus this weight times the divergence of the batch's pooled bag of tokens from the real rows': together
   # the samples must say each token as often as real stories do, wherever they say it. 0: off.
   config.drift.mixture_bag_weight = 0.0
@@ -146,6 +149,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The pooled bag's target: "batch", the step's real rows; "split", every training row's n-grams, counted once
   # before training (files:, synthetic and tinystories_sample sources): the same target without its sampling noise.
   config.drift.mixture_bag_target = "batch"
+  # Whose counts weigh the pooled bag's gradient: "expected" (the softmax's: the plain cross-entropy) or "argmax"
+  # (the tokens the samples write: a choice no sample writes is pushed hardest, up to 10 times an exact one's).
+  config.drift.mixture_bag_counts = "expected"
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -65,9 +65,11 @@ def step_config(
     matched_ce_positions=config.drift.get("matched_ce_positions", 0),
     matched_ce_bag_weight=config.drift.get("matched_ce_bag_weight", 0.0),
     matched_ce_gap=config.drift.get("matched_ce_gap", 0.0),
+    matched_ce_rows=config.drift.get("matched_ce_rows", 0),
     mixture_bag_weight=config.drift.get("mixture_bag_weight", 0.0),
     mixture_bag_n=config.drift.get("mixture_bag_n", 1),
     mixture_bag_target=config.drift.get("mixture_bag_target", "batch"),
+    mixture_bag_counts=config.drift.get("mixture_bag_counts", "expected"),
     chunk=config.train.get("chunk", 0),
     sentence_ends=sentence_ends,
   )

@@ -119,6 +119,10 @@ class StepConfig:
   # to whatever the real row has at the same positions. Memory O(B R T^2) for T matched positions (the demo's
   # 32 x 32 rows of 96 tokens: about 38 MB). 0: position by position.
   matched_ce_gap: float = 0.0
+  # > 0: the matching chooses among the first this many real rows only (at least data.n_gen; 0: all n_pos). With
+  # as many rows as samples every real opening of the step is some sample's target, so the samples' openings
+  # (character, name) follow the real stories' rather than each sample's favourites among more rows.
+  matched_ce_rows: int = 0
   # > 0: plus this weight times the divergence of the batch's bag of n-grams (all samples' positions pooled) from
   # the real rows' (mixture_bag_divergence): together the samples must say each token (n-gram) as often as real
   # stories do, wherever and whichever sample says it; the push toward a missing one goes to the sample and
@@ -130,6 +134,12 @@ class StepConfig:
   # counted once before training (ngram_distribution; train_step's bag_target): the same expected gradient
   # without the sampling noise of a few real rows.
   mixture_bag_target: str = "batch"
+  # Whose counts weigh the bag's gradient: "expected", the softmax's (the plain cross-entropy, which a head that
+  # hedges, say 0.1 on a colour its argmax never writes, already satisfies); "argmax", the tokens the samples
+  # write: each n-gram's push is its target share over its share among the argmax n-grams (clipped at
+  # BAG_MAX_RATIO), so a choice no sample writes is pushed hardest and an over-written one least
+  # (pooled_bag_cross_entropy). The value is then the argmax bag's divergence.
+  mixture_bag_counts: str = "expected"
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
   # The tokens that end a sentence (data.tokenizer.sentence_end_ids): a generator with a slotted layout
@@ -207,6 +217,13 @@ class StepConfig:
       raise ValueError(f"drift.mixture_bag_n={self.mixture_bag_n}; expected 1 (tokens), 2 (pairs) or 3 (triples)")
     if self.mixture_bag_target not in ("batch", "split"):
       raise ValueError(f"drift.mixture_bag_target={self.mixture_bag_target!r}; expected 'batch' or 'split'")
+    if self.mixture_bag_counts not in ("expected", "argmax"):
+      raise ValueError(f"drift.mixture_bag_counts={self.mixture_bag_counts!r}; expected 'expected' or 'argmax'")
+    if self.matched_ce_rows and not (self.matched_ce_weight and self.n_gen <= self.matched_ce_rows <= self.n_pos):
+      raise ValueError(
+        f"drift.matched_ce_rows={self.matched_ce_rows} needs matched_ce_weight > 0 and data.n_gen={self.n_gen} <= "
+        f"matched_ce_rows <= data.n_pos={self.n_pos} (0: all)"
+      )
     for name in ("mixture_ce_positions", "matched_ce_positions"):
       if not 0 <= getattr(self, name) <= self.gen.seq_len:
         raise ValueError(f"drift.{name}={getattr(self, name)} must be in [0, model.seq_len={self.gen.seq_len}]")
@@ -372,11 +389,16 @@ def greedy_assignment(cost: Array) -> Array:
   return jax.lax.fori_loop(0, b, take, (cost.astype(jnp.float32), jnp.zeros((b,), jnp.int32)))[1]
 
 
+def unit_shares(units: Array) -> Array:
+  """(..., S): the share of the S units of n tokens, units (..., S, n), equal to each unit. Memory O(S^2)."""
+  same = jnp.all(units[..., :, None, :] == units[..., None, :, :], axis=-1)  # (..., S, S)
+  return jnp.mean(same.astype(jnp.float32), axis=-1)
+
+
 def empirical_entropy(units: Array) -> Array:
   """The entropy of the empirical distribution of S units of n tokens, units (..., S, n): -1/S sum_s log c(u_s),
   c(u_s) the share of the S units equal to u_s. Returns (...). Memory O(S^2)."""
-  same = jnp.all(units[..., :, None, :] == units[..., None, :, :], axis=-1)  # (..., S, S)
-  return -jnp.mean(jnp.log(jnp.mean(same.astype(jnp.float32), axis=-1)), axis=-1)
+  return -jnp.mean(jnp.log(unit_shares(units)), axis=-1)
 
 
 def bag_divergence(logits: Array, real_ids: Array, smoothing: float = 1e-4) -> Array:
@@ -408,25 +430,58 @@ def ngram_distribution(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
   return distinct.astype(np.int32), (counts / counts.sum()).astype(np.float32)
 
 
-def pooled_bag_cross_entropy(logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4) -> Array:
+# drift.mixture_bag_counts="argmax": the push toward an n-gram no sample writes, relative to one written exactly as
+# often as the target says.
+BAG_MAX_RATIO = 10.0
+
+
+def pooled_bag_cross_entropy(
+  logits: Array,
+  grams: Array,
+  shares: Array,
+  smoothing: float = 1e-4,
+  counts: str = "expected",
+  totals: Array | None = None,
+) -> Array:
   """-sum_s shares[s] log q(grams[s]): a target bag of n-grams (grams (S, n), shares (S,) summing to 1) under the
   batch's expected one q (logits (B, L, V): q(g) is the mean over every sample b and start t of
   prod_i softmax(logits[b, t + i])[g_i], mixed with `smoothing` of the uniform distribution over V^n n-grams).
-  Memory O(B L S)."""
+
+  counts "argmax": the value is the same cross-entropy of the argmax bag a (the n-grams of each sample's argmax
+  tokens, pooled and smoothed alike), and the gradient is that of -sum_s w_s q(grams[s]), w_s = shares[s] /
+  max(a(grams[s]), totals[s] / BAG_MAX_RATIO) held fixed: the cross-entropy's gradient at the counts the samples
+  write, passed through the softmax. totals[s]: grams[s]'s target share with its repeats in grams (default
+  shares: distinct grams). Memory O(B L S)."""
+  if counts not in ("expected", "argmax"):
+    raise ValueError(f"pooled_bag_cross_entropy: counts={counts!r}; expected 'expected' or 'argmax'")
   n = grams.shape[1]
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  expected = jnp.ones((probs.shape[0], probs.shape[1] - n + 1, grams.shape[0]), jnp.float32)
+  starts = probs.shape[1] - n + 1
+  expected = jnp.ones((probs.shape[0], starts, grams.shape[0]), jnp.float32)
   for i in range(n):  # The chance that sample b says target n-gram s at start t: (B, T, S).
-    expected = expected * probs[:, i : i + probs.shape[1] - n + 1][..., grams[:, i]]
-  q = (1.0 - smoothing) * jnp.mean(expected, axis=(0, 1)) + smoothing / float(logits.shape[-1]) ** n
-  return -jnp.sum(shares * jnp.log(q))
+    expected = expected * probs[:, i : i + starts][..., grams[:, i]]
+  floor = smoothing / float(logits.shape[-1]) ** n
+  q = jnp.mean(expected, axis=(0, 1))
+  if counts == "expected":
+    return -jnp.sum(shares * jnp.log((1.0 - smoothing) * q + floor))
+  ids = jnp.argmax(logits, axis=-1)
+  written = jnp.ones_like(expected, dtype=bool)
+  for i in range(n):  # Whether sample b writes target n-gram s at start t.
+    written = written & (ids[:, i : i + starts, None] == grams[:, i])
+  a = jnp.mean(written.astype(jnp.float32), axis=(0, 1))
+  totals = shares if totals is None else totals
+  w = jax.lax.stop_gradient(shares / jnp.maximum(a, totals / BAG_MAX_RATIO))
+  surrogate = -jnp.sum(w * q)
+  return -jnp.sum(shares * jnp.log((1.0 - smoothing) * a + floor)) + surrogate - jax.lax.stop_gradient(surrogate)
 
 
-def pooled_bag_divergence(logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4) -> Array:
-  """KL(c || q) between a target bag of n-grams c (grams (S, n), shares (S,) summing to 1) and the batch's
-  expected one q (pooled_bag_cross_entropy less the target's entropy). Neither which sample says an n-gram nor
-  where counts; 0 when the samples together say each one as often as c."""
-  return pooled_bag_cross_entropy(logits, grams, shares, smoothing) - distribution_entropy(shares)
+def pooled_bag_divergence(
+  logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4, counts: str = "expected"
+) -> Array:
+  """KL(c || q) between a target bag of n-grams c (distinct grams (S, n), shares (S,) summing to 1) and the
+  batch's expected (counts "argmax": written) one q (pooled_bag_cross_entropy less the target's entropy). Neither
+  which sample says an n-gram nor where counts; 0 when the samples together say each one as often as c."""
+  return pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts) - distribution_entropy(shares)
 
 
 def distribution_entropy(shares: Array) -> Array:
@@ -435,15 +490,19 @@ def distribution_entropy(shares: Array) -> Array:
   return -jnp.sum(shares * jnp.log(safe))
 
 
-def mixture_bag_divergence(logits: Array, real_ids: Array, n: int = 1, smoothing: float = 1e-4) -> Array:
+def mixture_bag_divergence(
+  logits: Array, real_ids: Array, n: int = 1, smoothing: float = 1e-4, counts: str = "expected"
+) -> Array:
   """pooled_bag_divergence against the real rows' (R, L) pooled bag of n-grams (every run of n adjacent tokens
   of every row, all rows together, each occurrence one unit). n = 1: tokens; n = 2: pairs of adjacent tokens (a
   pair no real row has takes mass from the real ones, so broken pairs such as a repeated word cost too); and so
-  on. Memory O((B + R) L R L): for the demo's 32 + 128 rows of 96 tokens, about 150 MB."""
+  on. counts: pooled_bag_cross_entropy's. Memory O((B + R) L R L): for the demo's 32 + 128 rows of 96 tokens,
+  about 150 MB."""
   grams = ngrams(real_ids, n)  # (S, n): the real n-grams.
   shares = jnp.full((grams.shape[0],), 1.0 / grams.shape[0], jnp.float32)  # Repeats add up to their share.
+  totals = unit_shares(grams)
   # Less the target's entropy over distinct n-grams (the shares of repeated ones counted together).
-  return pooled_bag_cross_entropy(logits, grams, shares, smoothing) - empirical_entropy(grams)
+  return pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts, totals) + jnp.mean(jnp.log(totals))
 
 
 def position_cross_entropy(logits: Array, real_ids: Array) -> Array:
@@ -535,14 +594,15 @@ def generated_loss(
     metrics["loss/mixture_ce"] = mix
   if cfg.mixture_bag_weight:
     if cfg.mixture_bag_target == "split":
-      pooled = pooled_bag_divergence(out, *bag_target)
+      pooled = pooled_bag_divergence(out, *bag_target, counts=cfg.mixture_bag_counts)
     else:
-      pooled = mixture_bag_divergence(out, real_ids, cfg.mixture_bag_n)
+      pooled = mixture_bag_divergence(out, real_ids, cfg.mixture_bag_n, counts=cfg.mixture_bag_counts)
     total = total + cfg.mixture_bag_weight * pooled
     metrics["loss/mixture_bag"] = pooled
   if cfg.matched_ce_weight:
     # With a layout: the laid-out logits toward the laid-out real rows (the first positions hold the opening).
-    m_out, m_real = (laid_out, to_layout(real_ids)) if to_layout else (out, real_ids)
+    m_real = real_ids[: cfg.matched_ce_rows] if cfg.matched_ce_rows else real_ids
+    m_out, m_real = (laid_out, to_layout(m_real)) if to_layout else (out, m_real)
     matched, match, bag = matched_cross_entropy(
       m_out, m_real, cfg.matched_ce_positions, cfg.matched_ce_bag_weight, cfg.matched_ce_gap
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from train_test import tiny_config
 
+from driftjax import train
 from driftjax import train_state
 from driftjax import train_step
 
@@ -172,3 +173,26 @@ def test_matched_add_on_settings_are_checked(setting, weight, value):
   config.drift[setting] = value
   with pytest.raises(ValueError, match=setting):
     train_state.step_config(config, 64, 100)
+
+
+def test_matched_rows_limit_the_matching_to_the_first_rows(tmp_path):
+  # Rows 8-15 are the samples' own argmax tokens (each sample's cheapest match); with matched_ce_rows = n_gen = 8
+  # the matching may only use rows 0-7, so the matched cross-entropy is theirs.
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.data.n_pos = 16
+  config.drift.matched_ce_weight, config.drift.matched_ce_rows = 1.0, 8
+  trainer = train.setup(config, str(tmp_path))
+  cfg = trainer.cfg
+  out = 3.0 * jax.random.normal(jax.random.key(0), (cfg.n_gen, cfg.gen.seq_len, cfg.gen.vocab_size))
+  first = jax.random.randint(jax.random.key(1), (8, cfg.gen.seq_len), 0, cfg.gen.vocab_size)
+  real = jnp.concatenate([first, jnp.argmax(out, -1)])
+  pos = train_step.feature_dict(trainer.encoder, None, jnp.zeros((cfg.n_pos, cfg.gen.seq_len), jnp.int32), cfg)
+  _, metrics = train_step.generated_loss(trainer.encoder, out, pos, jnp.ones((1, cfg.n_pos)), cfg, real_ids=real)
+  limited = train_step.matched_cross_entropy(out, first)[0]
+  np.testing.assert_allclose(float(metrics["loss/matched_ce"]), float(limited), rtol=1e-5)
+  assert float(train_step.matched_cross_entropy(out, real)[0]) < float(limited) - 1.0
+  for rows in (4, 17):  # Fewer rows than samples, more than the step has.
+    config.drift.matched_ce_rows = rows
+    with pytest.raises(ValueError, match="matched_ce_rows"):
+      train_state.step_config(config, 64, 100)

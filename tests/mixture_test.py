@@ -1,6 +1,8 @@
 """train_step.mixture_cross_entropy: real tokens under the batch's mixture of the head's distributions (coverage),
 position by position; train_step.mixture_bag_divergence: the same with positions pooled (bags of tokens)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,6 +141,10 @@ def test_mixture_bag_settings_are_checked(head, weight, n):
   config.drift.mixture_bag_n = n
   with pytest.raises(ValueError, match="mixture_bag"):
     train_state.step_config(config, 64, 100)
+  config.model.head, config.drift.mixture_bag_weight, config.drift.mixture_bag_n = "vocab", 0.5, 2
+  config.drift.mixture_bag_counts = "soft"
+  with pytest.raises(ValueError, match="mixture_bag_counts"):
+    train_state.step_config(config, 64, 100)
 
 
 def bag_of_pairs_setup(tmp_path, target: str):
@@ -163,6 +169,11 @@ def test_the_terms_on_real_tokens_say_when_they_are_missing(tmp_path):
   real = jax.random.randint(jax.random.key(1), (cfg.n_pos, cfg.gen.seq_len), 0, cfg.gen.vocab_size)
   _, metrics = train_step.generated_loss(*args, real_ids=real)
   expected = train_step.mixture_bag_divergence(out, real, n=2)
+  np.testing.assert_allclose(float(metrics["loss/mixture_bag"]), float(expected), rtol=1e-5)
+  # With the argmax's counts (drift.mixture_bag_counts): the value is the written bag's.
+  argmax_cfg = dataclasses.replace(cfg, mixture_bag_counts="argmax")
+  _, metrics = train_step.generated_loss(*args[:-1], argmax_cfg, real_ids=real)
+  expected = train_step.mixture_bag_divergence(out, real, n=2, counts="argmax")
   np.testing.assert_allclose(float(metrics["loss/mixture_bag"]), float(expected), rtol=1e-5)
 
 
@@ -210,3 +221,45 @@ def test_the_split_target_is_counted_once_and_reaches_the_step(tmp_path):
   config.drift.mixture_bag_target = "window"
   with pytest.raises(ValueError, match="mixture_bag_target"):
     train_state.step_config(config, 64, 100)
+
+
+def test_argmax_counts_push_the_choice_no_sample_writes_though_the_softmax_hedges():
+  # Real rows say tokens 1 and 2 equally (token 2 twice in one row: repeats add up). Every position's softmax
+  # hedges, 0.55 on 1 and 0.45 on 2, so the expected bag is near the target, but every argmax is 1.
+  real = jnp.array([[1, 2], [2, 1], [1, 2], [2, 1]])
+  probs = np.tile(np.array([0.0, 0.55, 0.45]) * 0.999 + 0.001 / 3, (3, 2, 1))
+  logits = jnp.log(jnp.asarray(probs))
+  expected = lambda z: train_step.mixture_bag_divergence(z, real, smoothing=1e-4)
+  written = lambda z: train_step.mixture_bag_divergence(z, real, smoothing=1e-4, counts="argmax")
+  assert float(expected(logits)) < 0.01
+  # The value is the written bag's: token 1 always (plus smoothing), token 2 never.
+  bag = np.array([0.0, 1.0, 0.0]) * (1 - 1e-4) + 1e-4 / 3
+  np.testing.assert_allclose(float(written(logits)), np.sum(0.5 * np.log(0.5 / bag[1:])), rtol=1e-5)
+  # The gradient: -sum_s w_s q_s with q the expected bag, w_s = share / max(written share, total / 10): 0.5 for
+  # token 1 (written always), 0.5 / 0.05 = 10 for token 2 (written never; the cap), over the 8 real units.
+  w = np.array([0.0, 0.5, 10.0])
+  grad = np.asarray(jax.grad(written)(logits))
+  # d q_s / d logits[b, t] = p_bt(s) (onehot(s) - p_bt) / (B L).
+  want = -sum(w[s] * probs[..., s : s + 1] * (np.eye(3)[s] - probs) for s in (1, 2)) / 6
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-7)
+  assert grad[..., 2].max() < 0 < grad[..., 1].min()  # Descent raises token 2 and lowers token 1 everywhere.
+  assert np.abs(np.asarray(jax.grad(expected)(logits))).max() < 0.1 * np.abs(grad).max()
+  # A batch whose argmax says each token as often as the target: the same push on both, as the plain gradient's.
+  even = np.stack([probs[0], probs[0][:, [0, 2, 1]]])  # Sample 1 hedges the other way.
+  assert np.asarray(jnp.argmax(jnp.log(even), -1)).tolist() == [[1, 1], [2, 2]]
+  grad = np.asarray(jax.grad(written)(jnp.log(jnp.asarray(even))))
+  want = -sum(even[..., s : s + 1] * (np.eye(3)[s] - even) for s in (1, 2)) / 4
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-7)
+  with pytest.raises(ValueError, match="counts"):
+    train_step.pooled_bag_cross_entropy(logits, jnp.array([[1]]), jnp.array([1.0]), counts="soft")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_argmax_counts_agree_between_the_batch_and_the_split_target(n):
+  real = jax.random.randint(jax.random.key(6), (6, 5), 0, 4)
+  logits = jax.random.normal(jax.random.key(7), (3, 5, 4))
+  grams, shares = train_step.ngram_distribution(np.asarray(real), n)
+  batch = lambda z: train_step.mixture_bag_divergence(z, real, n, counts="argmax")
+  split = lambda z: train_step.pooled_bag_divergence(z, jnp.asarray(grams), jnp.asarray(shares), counts="argmax")
+  np.testing.assert_allclose(float(split(logits)), float(batch(logits)), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(split)(logits), jax.grad(batch)(logits), rtol=1e-4, atol=1e-7)
