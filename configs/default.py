@@ -139,7 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
   # early or late is still compared with the same sentence). 0: position by position.
   config.drift.matched_ce_gap = 0.0
   # > 0: the matching chooses among the step's first this many real stories (data.n_gen to data.n_pos; 0: all):
-  # with as many as samples, every real opening of the step is some sample's target.
+  # with as many as samples, every real opening of the step is some sample's target (docs/demo.md, session 20).
   config.drift.matched_ce_rows = 0
   # > 0: plus this weight times the divergence of the batch's pooled bag of tokens from the real rows': together
   # the samples must say each token as often as real stories do, wherever they say it. 0: off.
@@ -150,7 +150,8 @@ def get_config() -> ml_collections.ConfigDict:
   # before training (files:, synthetic and tinystories_sample sources): the same target without its sampling noise.
   config.drift.mixture_bag_target = "batch"
   # Whose counts weigh the pooled bag's gradient: "expected" (the softmax's: the plain cross-entropy) or "argmax"
-  # (the tokens the samples write: a choice no sample writes is pushed hardest, up to 10 times an exact one's).
+  # (the tokens the samples write: a choice no sample writes is pushed hardest, up to 10 times an exact one's;
+  # docs/demo.md, session 20).
   config.drift.mixture_bag_counts = "expected"
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).

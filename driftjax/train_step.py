@@ -120,8 +120,8 @@ class StepConfig:
   # 32 x 32 rows of 96 tokens: about 38 MB). 0: position by position.
   matched_ce_gap: float = 0.0
   # > 0: the matching chooses among the first this many real rows only (at least data.n_gen; 0: all n_pos). With
-  # as many rows as samples every real opening of the step is some sample's target, so the samples' openings
-  # (character, name) follow the real stories' rather than each sample's favourites among more rows.
+  # as many rows as samples every real opening of the step is some sample's target, instead of each sample's
+  # favourite among more rows (in the demo's probe the samples did not follow them: docs/demo.md, session 20).
   matched_ce_rows: int = 0
   # > 0: plus this weight times the divergence of the batch's bag of n-grams (all samples' positions pooled) from
   # the real rows' (mixture_bag_divergence): together the samples must say each token (n-gram) as often as real
@@ -138,7 +138,8 @@ class StepConfig:
   # hedges, say 0.1 on a colour its argmax never writes, already satisfies); "argmax", the tokens the samples
   # write: each n-gram's push is its target share over its share among the argmax n-grams (clipped at
   # BAG_MAX_RATIO), so a choice no sample writes is pushed hardest and an over-written one least
-  # (pooled_bag_cross_entropy). The value is then the argmax bag's divergence.
+  # (pooled_bag_cross_entropy). The value is then the argmax bag's divergence. In the demo's probe it spread the
+  # skipped colours and broke sentences (docs/demo.md, session 20).
   mixture_bag_counts: str = "expected"
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
