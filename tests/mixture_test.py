@@ -224,7 +224,7 @@ def test_the_split_target_is_counted_once_and_reaches_the_step(tmp_path):
 
 
 def test_argmax_counts_push_the_choice_no_sample_writes_though_the_softmax_hedges():
-  # Real rows say tokens 1 and 2 equally (token 2 twice in one row: repeats add up). Every position's softmax
+  # Real rows say tokens 1 and 2 equally (each 4 times among the 8 units: repeats add up). Every position's softmax
   # hedges, 0.55 on 1 and 0.45 on 2, so the expected bag is near the target, but every argmax is 1.
   real = jnp.array([[1, 2], [2, 1], [1, 2], [2, 1]])
   probs = np.tile(np.array([0.0, 0.55, 0.45]) * 0.999 + 0.001 / 3, (3, 2, 1))
