@@ -224,3 +224,15 @@ def test_greedy_repair_replaces_unacceptable_tokens_by_the_lms_likeliest_and_ign
         assert out[b, t] == probs[b, t].argmax(), (b, t)
         replaced += 1
   assert replaced > 0
+
+
+def test_the_loop_takes_the_top_k_without_sorting_the_vocabulary(lm):
+  # XLA:CPU lowers top_k of a fused input (the softmax's probabilities) to a sort of the whole vocabulary at every
+  # position (the demo's repairs took 8x longer, docs/benchmarks.md); of the logits it keeps its TopK kernel.
+  graphdef, state = nnx.split(lm)
+  repair = jax.jit(
+    lambda s, ids: kv_decode.continue_samples(nnx.merge(graphdef, s), jax.random.key(0), ids, top_k=3, floor=0.05)[0]
+  )
+  hlo = repair.lower(state, jnp.zeros((4, LENGTH), jnp.int32)).compile().as_text()
+  assert " sort(" not in hlo
+  assert '"TopK"' in hlo

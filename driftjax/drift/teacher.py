@@ -75,8 +75,11 @@ def next_token_candidates(
   Returns:
     cand (B, L, K) int32 token ids and weights (B, L, K): the LM's probabilities, 0 where masked.
   """
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  w, cand = jax.lax.top_k(probs, top_k)
+  logits = logits.astype(jnp.float32)
+  # top_k of the logits, then their probabilities: of the softmax's output (a fusion) XLA:CPU can sort the whole
+  # vocabulary instead (kv_decode.continue_samples measured 8x slower).
+  top, cand = jax.lax.top_k(logits, top_k)
+  w = jnp.exp(top - jax.nn.logsumexp(logits, axis=-1, keepdims=True))
   cand = cand.astype(jnp.int32)
   keep = (w >= floor) & (w >= min_ratio * w[..., :1])  # w is sorted: [..., 0] is the top probability.
   if repeat_ngram > 0:

@@ -274,8 +274,9 @@ def continue_samples(
   def choose(logits, pos, carry, row):
     own, u = row
     diverged, ended, hist = carry
-    probs = jax.nn.softmax(logits, axis=-1)
-    top_p, top_ids = jax.lax.top_k(probs, k)
+    # top_k of the logits themselves: of the softmax's output (a fusion), XLA:CPU sorts the whole vocabulary.
+    top_logits, top_ids = jax.lax.top_k(logits, k)
+    top_p = jnp.exp(top_logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True))
     ok = (top_p >= floor) & (top_p >= min_ratio * top_p[:, :1])  # top_p is sorted: column 0 is the top.
     acceptable = jnp.any(ok & (top_ids == own[:, None]), axis=-1)
     if repeat_ngram > 0:
