@@ -474,6 +474,22 @@ VARIANTS = {
     "drift.matched_ce_rows": 32,
     "drift.mixture_bag_weight": 2.0,
   },
+  # Session 21. Each sample's opening target at its noise's quantile among every training story's openings sorted
+  # in token order (drift.matched_ce_coupling="noise"): the same noise keeps the same target from step to step
+  # (the nearest of the step's stories moves with the batch, session 20), and over the samples the targets are
+  # distributed as the data's openings (template, adjective, kind, name).
+  "demo18, openings coupled to the noise": {**DEMO_18, "drift.matched_ce_coupling": "noise"},
+  "demo18, openings coupled to the noise, pooled bag of pairs x2": {
+    **DEMO_18,
+    "drift.matched_ce_coupling": "noise",
+    "drift.mixture_bag_weight": 2.0,
+  },
+  # The coupled opening over the first 32 positions: the second sentence too (action, or colour and object).
+  "demo18, openings of 32 coupled to the noise": {
+    **DEMO_18,
+    "drift.matched_ce_coupling": "noise",
+    "drift.matched_ce_positions": 32,
+  },
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one

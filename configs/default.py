@@ -141,6 +141,10 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: the matching chooses among the step's first this many real stories (data.n_gen to data.n_pos; 0: all):
   # with as many as samples, every real opening of the step is some sample's target (docs/demo.md, session 20).
   config.drift.matched_ce_rows = 0
+  # Which real opening a sample is pulled to: "nearest" (the matching above, among the step's stories) or "noise"
+  # (the opening at the sample's noise quantile among every training story's, sorted in token order: the same
+  # noise keeps the same target from step to step; files:, synthetic and tinystories_sample sources).
+  config.drift.matched_ce_coupling = "nearest"
   # > 0: plus this weight times the divergence of the batch's pooled bag of tokens from the real rows': together
   # the samples must say each token as often as real stories do, wherever they say it. 0: off.
   config.drift.mixture_bag_weight = 0.0

@@ -117,7 +117,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
   enc_state = jax.device_put(enc_state, shard_lib.replicated(mesh))
   stats = pipeline.CorpusStats()
   data = build.corpus(config)
-  rows = bag_target = None
+  rows = bag_target = openings = None
   if cfg.mixture_bag_weight and cfg.mixture_bag_target == "split":  # Every host counts the whole training split.
     rows = data.train_rows(tokenizer, stats, what="drift.mixture_bag_target='split'")
     grams, shares = step_lib.ngram_distribution(rows, cfg.mixture_bag_n)
@@ -125,6 +125,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     logging.info(
       "pooled bag target: %d distinct %d-grams of %d training rows", len(shares), cfg.mixture_bag_n, len(rows)
     )
+  if cfg.matched_ce_weight and cfg.matched_ce_coupling == "noise":  # Every host sorts the whole split's openings.
+    if rows is None:
+      rows = data.train_rows(tokenizer, stats, what="drift.matched_ce_coupling='noise'")
+    openings = step_lib.sorted_openings(rows, cfg.matched_ce_positions)  # A constant of the compiled step.
+    logging.info("noise-coupled openings: %d distinct of %d training rows", len(np.unique(openings, axis=0)), len(rows))
   step = functools.partial(
     step_lib.train_step,
     graphdef=spec.graphdef,
@@ -133,6 +138,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     tx=spec.tx,
     schedule=spec.schedule,
     bag_target=bag_target,
+    openings=openings,
   )
   step_fn = jax.jit(
     step,

@@ -123,6 +123,11 @@ class StepConfig:
   # as many rows as samples every real opening of the step is some sample's target, instead of each sample's
   # favourite among more rows (in the demo's probe the samples did not follow them: docs/demo.md, session 20).
   matched_ce_rows: int = 0
+  # Which real opening a sample is pulled to: "nearest", the matching above (a sample's match moves with the
+  # step's stories); "noise", the one at the sample's noise quantile among every training row's openings sorted in
+  # token order (noise_quantile_rows; train_step's openings): the same noise keeps the same target from step to
+  # step, and the targets' distribution is the data's.
+  matched_ce_coupling: str = "nearest"
   # > 0: plus this weight times the divergence of the batch's bag of n-grams (all samples' positions pooled) from
   # the real rows' (mixture_bag_divergence): together the samples must say each token (n-gram) as often as real
   # stories do, wherever and whichever sample says it; the push toward a missing one goes to the sample and
@@ -225,6 +230,15 @@ class StepConfig:
         f"drift.matched_ce_rows={self.matched_ce_rows} needs matched_ce_weight > 0 and data.n_gen={self.n_gen} <= "
         f"matched_ce_rows <= data.n_pos={self.n_pos} (0: all)"
       )
+    if self.matched_ce_coupling not in ("nearest", "noise"):
+      raise ValueError(f"drift.matched_ce_coupling={self.matched_ce_coupling!r}; expected 'nearest' or 'noise'")
+    if self.matched_ce_coupling == "noise":
+      others = [n for n in ("matched_ce_bag_weight", "matched_ce_gap", "matched_ce_rows") if getattr(self, n)]
+      if not self.matched_ce_weight or others or self.gen.layout_multiple:
+        raise ValueError(
+          "drift.matched_ce_coupling='noise' needs matched_ce_weight > 0 and none of matched_ce_bag_weight, "
+          f"matched_ce_gap, matched_ce_rows (set: {others}) or model.layout_multiple ({self.gen.layout_multiple})"
+        )
     for name in ("mixture_ce_positions", "matched_ce_positions"):
       if not 0 <= getattr(self, name) <= self.gen.seq_len:
         raise ValueError(f"drift.{name}={getattr(self, name)} must be in [0, model.seq_len={self.gen.seq_len}]")
@@ -431,6 +445,26 @@ def ngram_distribution(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
   return distinct.astype(np.int32), (counts / counts.sum()).astype(np.float32)
 
 
+def sorted_openings(rows: np.ndarray, positions: int) -> np.ndarray:
+  """The first `positions` tokens (0: all) of every row of rows (N, L), in token order (the first token the
+  major key, then the second, ...): (N, positions) int32, repeats kept, so that equal openings take their share."""
+  rows = np.asarray(rows)
+  if rows.ndim != 2 or rows.shape[0] == 0:
+    raise ValueError(f"sorted_openings needs rows (N >= 1, L), got shape {rows.shape}")
+  head = rows[:, : positions or rows.shape[1]].astype(np.int32)
+  return head[np.lexsort(head.T[::-1])]
+
+
+def noise_quantile_rows(noise: Array, openings: Array) -> Array:
+  """Index (B,) into openings (N, T) sorted by sorted_openings: the row at quantile Phi(noise[b, 0, -1]), the
+  normal CDF of the last coordinate of the sample's first noise vector (uniform over (0, 1) as the noise is
+  drawn), so that the same noise always has the same target, nearby noise a nearby opening in token order, and
+  the targets over many samples are the openings' own distribution."""
+  u = jax.scipy.stats.norm.cdf(noise[:, 0, -1].astype(jnp.float32))
+  n = openings.shape[0]
+  return jnp.clip(jnp.floor(u * n).astype(jnp.int32), 0, n - 1)
+
+
 # drift.mixture_bag_counts="argmax": the push toward an n-gram no sample writes, relative to one written exactly as
 # often as the target says.
 BAG_MAX_RATIO = 10.0
@@ -554,6 +588,7 @@ def generated_loss(
   step: Array | None = None,
   real_ids: Array | None = None,
   bag_target: tuple[Array, Array] | None = None,
+  openings: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The drift loss of generator outputs out (B, L, V or D; with a slotted layout (B, P, V + 1)) and the metrics
   to watch.
@@ -566,11 +601,17 @@ def generated_loss(
   real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight, mixture_bag_weight or matched_ce_weight
   > 0);
   bag_target: the (grams (S, n), shares (S,)) of ngram_distribution over the training rows (needed with
-  mixture_bag_target "split").
+  mixture_bag_target "split");
+  openings: (N, T) the training rows' sorted_openings (needed with matched_ce_coupling "noise", with the noise).
   """
+  noise_coupled = cfg.matched_ce_weight and cfg.matched_ce_coupling == "noise"
+  if noise_coupled and (openings is None or noise is None):
+    raise ValueError("drift.matched_ce_coupling='noise' needs the training rows' sorted openings and the noise")
   if cfg.mixture_bag_weight and cfg.mixture_bag_target == "split" and bag_target is None:
     raise ValueError("drift.mixture_bag_target='split' needs the training rows' n-gram distribution (bag_target)")
-  uses_real = [name for name in ("mixture_ce_weight", "matched_ce_weight") if getattr(cfg, name)]
+  uses_real = ["mixture_ce_weight"] if cfg.mixture_ce_weight else []
+  if cfg.matched_ce_weight and not noise_coupled:
+    uses_real.append("matched_ce_weight")
   if cfg.mixture_bag_weight and cfg.mixture_bag_target == "batch":
     uses_real.append("mixture_bag_weight")
   if uses_real and real_ids is None:
@@ -600,13 +641,19 @@ def generated_loss(
       pooled = mixture_bag_divergence(out, real_ids, cfg.mixture_bag_n, counts=cfg.mixture_bag_counts)
     total = total + cfg.mixture_bag_weight * pooled
     metrics["loss/mixture_bag"] = pooled
-  if cfg.matched_ce_weight:
+  if noise_coupled:  # Each sample toward the opening at its noise's quantile (no layout: checked by StepConfig).
+    m_out, m_real = out, jnp.asarray(openings)  # A NumPy constant of the compiled step.
+    match = noise_quantile_rows(noise, m_real)
+    logp = jax.nn.log_softmax(out[:, : m_real.shape[1]].astype(jnp.float32), axis=-1)
+    matched = -jnp.mean(jnp.take_along_axis(logp, m_real[match][..., None], axis=-1))
+  elif cfg.matched_ce_weight:
     # With a layout: the laid-out logits toward the laid-out real rows (the first positions hold the opening).
     m_real = real_ids[: cfg.matched_ce_rows] if cfg.matched_ce_rows else real_ids
     m_out, m_real = (laid_out, to_layout(m_real)) if to_layout else (out, m_real)
     matched, match, bag = matched_cross_entropy(
       m_out, m_real, cfg.matched_ce_positions, cfg.matched_ce_bag_weight, cfg.matched_ce_gap
     )
+  if cfg.matched_ce_weight:
     total = total + cfg.matched_ce_weight * matched
     metrics["loss/matched_ce"] = matched
     # How far the samples are from their matches: the share of the matched positions whose argmax differs.
@@ -780,8 +827,10 @@ def train_step(
   tx: optax.GradientTransformation,
   schedule,
   bag_target: tuple[Array, Array] | None = None,
+  openings: Array | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
-  """One update. real_ids: (G * n_pos, L) int32 fresh real rows, group-major; bag_target: generated_loss's."""
+  """One update. real_ids: (G * n_pos, L) int32 fresh real rows, group-major; bag_target and openings:
+  generated_loss's."""
   encoder = nnx.merge(enc_graphdef, jax.lax.stop_gradient(enc_state))
   g, length = cfg.groups, real_ids.shape[1]
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -816,6 +865,7 @@ def train_step(
         step=state["step"],
         real_ids=real_ids,
         bag_target=bag_target,
+        openings=openings,
       )
       if cfg.gen.draft_blocks:  # How much reading the draft changed: the share of tokens the final pass moved.
         changed = jnp.argmax(draft, -1) != jnp.argmax(out, -1)

@@ -8,9 +8,11 @@ import pytest
 from mixture_test import step_metrics
 from train_test import tiny_config
 
+from driftjax import build
 from driftjax import train
 from driftjax import train_state
 from driftjax import train_step
+from driftjax.data import pipeline
 
 
 def test_greedy_assignment_is_one_to_one_and_takes_the_cheapest_pairs_first():
@@ -197,3 +199,77 @@ def test_matched_rows_limit_the_matching_to_the_first_rows(tmp_path):
     config.drift.matched_ce_rows = rows
     with pytest.raises(ValueError, match="matched_ce_rows"):
       train_state.step_config(config, 64, 100)
+
+
+def test_sorted_openings_are_in_token_order_with_repeats_kept():
+  rows = np.array([[3, 1, 5], [1, 2, 0], [3, 0, 9], [1, 2, 7]])
+  openings = train_step.sorted_openings(rows, 2)
+  assert openings.dtype == np.int32 and openings.tolist() == [[1, 2], [1, 2], [3, 0], [3, 1]]
+  assert train_step.sorted_openings(rows, 0).tolist() == [[1, 2, 0], [1, 2, 7], [3, 0, 9], [3, 1, 5]]
+  for bad in (np.zeros((0, 3), np.int32), rows[0]):
+    with pytest.raises(ValueError, match="sorted_openings needs rows"):
+      train_step.sorted_openings(bad, 2)
+
+
+def test_the_noise_picks_the_opening_at_its_quantile_and_the_picks_follow_the_openings():
+  openings = jnp.array([[1, 2], [1, 2], [3, 0], [3, 1]])
+  # Quantiles 0.1, 0.3, 0.5 and 0.99 of four rows: rows 0, 1, 2 and 3. Only the first position's last coordinate
+  # counts.
+  z = jax.scipy.stats.norm.ppf(jnp.array([0.1, 0.3, 0.5, 0.99]))
+  noise = jax.random.normal(jax.random.key(0), (4, 3, 5)).at[:, 0, -1].set(z)
+  np.testing.assert_array_equal(train_step.noise_quantile_rows(noise, openings), [0, 1, 2, 3])
+  # Fresh noise: each row is picked about a quarter of the time, so opening "1 2" half of it.
+  picks = np.asarray(train_step.noise_quantile_rows(jax.random.normal(jax.random.key(1), (40_000, 1, 2)), openings))
+  np.testing.assert_allclose(np.bincount(picks, minlength=4) / len(picks), 0.25, atol=0.01)
+
+
+def noise_coupled_trainer(tmp_path):
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.drift.matched_ce_weight, config.drift.matched_ce_positions = 1.0, 3
+  config.drift.matched_ce_coupling = "noise"
+  return config, train.setup(config, str(tmp_path))
+
+
+def test_noise_coupled_matching_pulls_each_sample_to_the_opening_at_its_noise(tmp_path):
+  config, trainer = noise_coupled_trainer(tmp_path)
+  cfg = trainer.cfg
+  out = jax.random.normal(jax.random.key(0), (cfg.n_gen, cfg.gen.seq_len, cfg.gen.vocab_size))
+  noise = jax.random.normal(jax.random.key(1), (cfg.n_gen, cfg.gen.positions, cfg.gen.noise_dim))
+  rows = build.corpus(config).train_rows(trainer.tokenizer, pipeline.CorpusStats())
+  openings = train_step.sorted_openings(rows, 3)
+  pos = train_step.feature_dict(trainer.encoder, None, jnp.zeros((cfg.n_pos, cfg.gen.seq_len), jnp.int32), cfg)
+  args = (trainer.encoder, out, pos, jnp.ones((1, cfg.n_pos)), cfg)
+  with pytest.raises(ValueError, match="matched_ce_coupling='noise' needs"):
+    train_step.generated_loss(*args, noise=noise)
+  # No real rows needed: the targets are the training split's openings.
+  metrics = step_metrics(args, noise=noise, openings=openings)
+  u = np.asarray(jax.scipy.stats.norm.cdf(noise[:, 0, -1]))
+  target = openings[np.floor(u * len(openings)).astype(int)]  # (B, 3)
+  logp = np.asarray(jax.nn.log_softmax(out[:, :3], -1))
+  expected = -np.mean(np.take_along_axis(logp, target[..., None], -1))
+  np.testing.assert_allclose(float(metrics["loss/matched_ce"]), expected, rtol=1e-5)
+  changed = np.mean(np.argmax(np.asarray(out[:, :3]), -1) != target)
+  np.testing.assert_allclose(float(metrics["diag/matched_changed"]), changed, rtol=1e-6)
+  # The compiled step holds the sorted openings as a constant.
+  _, metrics = trainer.step_fn(trainer.init_state(), trainer.next_batch(), trainer.enc_state)
+  assert np.isfinite(float(metrics["loss/matched_ce"])) and float(metrics["loss/matched_ce"]) > 0
+
+
+@pytest.mark.parametrize(
+  "setting, value, match",
+  [
+    ("matched_ce_coupling", "quantile", "expected 'nearest' or 'noise'"),
+    ("matched_ce_gap", 1.0, "matched_ce_gap"),
+    ("matched_ce_bag_weight", 1.0, "matched_ce_bag_weight"),
+    ("matched_ce_rows", 8, "matched_ce_rows"),
+    ("matched_ce_weight", 0.0, "needs matched_ce_weight > 0"),
+  ],
+)
+def test_noise_coupling_settings_are_checked(setting, value, match):
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.drift.matched_ce_weight, config.drift.matched_ce_coupling = 1.0, "noise"
+  config.drift[setting] = value
+  with pytest.raises(ValueError, match=match):
+    train_state.step_config(config, 64, 100)
