@@ -40,6 +40,30 @@ def test_self_bleu_identical_is_one_and_disjoint_is_low():
   assert text_metrics.self_bleu(disjoint) < 0.05
 
 
+def test_self_bleu_is_nltks_sentence_bleu_to_the_last_bit():
+  # The golden reference: nltk's sentence_bleu of each sample against all the others (smoothing method 1), on
+  # sets with repeated n-grams (a 6-token vocabulary), ties in the top counts (duplicate samples), samples shorter
+  # than 4 tokens, an empty one (dropped) and hypotheses past max_samples (still references).
+  from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+  rng = np.random.default_rng(0)
+  sets = [[list(rng.integers(0, 6, rng.integers(1, 14))) for _ in range(n)] for n in (2, 5, 12, 30)]
+  sets[2] += [sets[2][0], [], [3]]
+  sets.append([[1, 2, 3], [4, 5, 6, 7, 8]])  # No unigram in common: 0.
+  for samples, max_samples in zip(sets, (200, 200, 7, 200, 200)):
+    words = [list(map(str, x)) for x in samples if len(x)]
+    smooth = SmoothingFunction().method1
+    expected = np.mean(
+      [
+        sentence_bleu(words[:i] + words[i + 1 :], hyp, weights=(0.25,) * 4, smoothing_function=smooth)
+        for i, hyp in enumerate(words[:max_samples])
+      ]
+    )
+    assert text_metrics.self_bleu(samples, max_samples) == expected
+  assert text_metrics.self_bleu(sets[-1]) == 0.0
+  assert np.isnan(text_metrics.self_bleu([[1, 2], []]))
+
+
 @pytest.fixture(scope="module")
 def unigram_lm():
   """A GPT-2 whose output ignores its input: ln_f scale 0 and bias b give logits b @ wte^T everywhere."""
