@@ -490,6 +490,19 @@ VARIANTS = {
     "drift.matched_ce_coupling": "noise",
     "drift.matched_ce_positions": 32,
   },
+  # The noise picks only the coarse choices: the nearest opening (by the matched cross-entropy) among a window of
+  # the 19,488 sorted training openings around the noise's quantile (drift.matched_ce_window). 1,218 rows are a
+  # sixteenth (about one template and adjective: the first tokens that differ), 152 a 128th (also the kind).
+  "demo18, nearest opening among 1,218 around the noise": {
+    **DEMO_18,
+    "drift.matched_ce_coupling": "noise",
+    "drift.matched_ce_window": 1218,
+  },
+  "demo18, nearest opening among 152 around the noise": {
+    **DEMO_18,
+    "drift.matched_ce_coupling": "noise",
+    "drift.matched_ce_window": 152,
+  },
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one

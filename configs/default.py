@@ -145,6 +145,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (the opening at the sample's noise quantile among every training story's, sorted in token order: the same
   # noise keeps the same target from step to step; files:, synthetic and tinystories_sample sources).
   config.drift.matched_ce_coupling = "nearest"
+  # With the "noise" coupling, > 0: the nearest opening among this many sorted ones around the noise's quantile (the
+  # noise picks the coarse choices, the head the rest); 0: the opening at the quantile (docs/demo.md, session 21).
+  config.drift.matched_ce_window = 0
   # > 0: plus this weight times the divergence of the batch's pooled bag of tokens from the real rows': together
   # the samples must say each token as often as real stories do, wherever they say it. 0: off.
   config.drift.mixture_bag_weight = 0.0

@@ -67,6 +67,7 @@ def step_config(
     matched_ce_gap=config.drift.get("matched_ce_gap", 0.0),
     matched_ce_rows=config.drift.get("matched_ce_rows", 0),
     matched_ce_coupling=config.drift.get("matched_ce_coupling", "nearest"),
+    matched_ce_window=config.drift.get("matched_ce_window", 0),
     mixture_bag_weight=config.drift.get("mixture_bag_weight", 0.0),
     mixture_bag_n=config.drift.get("mixture_bag_n", 1),
     mixture_bag_target=config.drift.get("mixture_bag_target", "batch"),

@@ -128,6 +128,10 @@ class StepConfig:
   # token order (noise_quantile_rows; train_step's openings): the same noise keeps the same target from step to
   # step, and the targets' distribution is the data's.
   matched_ce_coupling: str = "nearest"
+  # With the "noise" coupling, > 0: the target is the nearest opening (by the matched cross-entropy) among this many
+  # sorted openings around the noise's quantile (noise_window_rows): the noise picks the coarse choices (the first
+  # tokens in token order), the sample's own head the rest. 0: the opening at the quantile itself.
+  matched_ce_window: int = 0
   # > 0: plus this weight times the divergence of the batch's bag of n-grams (all samples' positions pooled) from
   # the real rows' (mixture_bag_divergence): together the samples must say each token (n-gram) as often as real
   # stories do, wherever and whichever sample says it; the push toward a missing one goes to the sample and
@@ -239,6 +243,10 @@ class StepConfig:
           "drift.matched_ce_coupling='noise' needs matched_ce_weight > 0 and none of matched_ce_bag_weight, "
           f"matched_ce_gap, matched_ce_rows (set: {others}) or model.layout_multiple ({self.gen.layout_multiple})"
         )
+    if self.matched_ce_window < 0 or (self.matched_ce_window and self.matched_ce_coupling != "noise"):
+      raise ValueError(
+        f"drift.matched_ce_window={self.matched_ce_window} must be >= 0 and needs matched_ce_coupling='noise'"
+      )
     for name in ("mixture_ce_positions", "matched_ce_positions"):
       if not 0 <= getattr(self, name) <= self.gen.seq_len:
         raise ValueError(f"drift.{name}={getattr(self, name)} must be in [0, model.seq_len={self.gen.seq_len}]")
@@ -465,6 +473,19 @@ def noise_quantile_rows(noise: Array, openings: Array) -> Array:
   return jnp.clip(jnp.floor(u * n).astype(jnp.int32), 0, n - 1)
 
 
+def noise_window_rows(logits: Array, noise: Array, openings: Array, window: int) -> Array:
+  """Index (B,) into openings (N, T): among the `window` rows around each sample's noise_quantile_rows row (a
+  window that would pass an end is moved inside), the one whose tokens the sample's first T logits (B, >= T, V)
+  give the smallest cross-entropy (no gradient through the choice)."""
+  n, t = openings.shape
+  window = min(window, n)
+  start = jnp.clip(noise_quantile_rows(noise, openings) - window // 2, 0, n - window)  # (B,)
+  rows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(openings, s, window))(start)  # (B, W, T)
+  logp = jax.nn.log_softmax(jax.lax.stop_gradient(logits[:, :t]).astype(jnp.float32), axis=-1)  # (B, T, V)
+  cost = -jnp.take_along_axis(logp[:, None], rows[..., None], axis=-1)[..., 0].sum(-1)  # (B, W)
+  return start + jnp.argmin(cost, axis=-1).astype(start.dtype)
+
+
 # drift.mixture_bag_counts="argmax": the push toward an n-gram no sample writes, relative to one written exactly as
 # often as the target says.
 BAG_MAX_RATIO = 10.0
@@ -643,7 +664,10 @@ def generated_loss(
     metrics["loss/mixture_bag"] = pooled
   if noise_coupled:  # Each sample toward the opening at its noise's quantile (no layout: checked by StepConfig).
     m_out, m_real = out, jnp.asarray(openings)  # A NumPy constant of the compiled step.
-    match = noise_quantile_rows(noise, m_real)
+    if cfg.matched_ce_window:
+      match = noise_window_rows(out, noise, m_real, cfg.matched_ce_window)
+    else:
+      match = noise_quantile_rows(noise, m_real)
     logp = jax.nn.log_softmax(out[:, : m_real.shape[1]].astype(jnp.float32), axis=-1)
     matched = -jnp.mean(jnp.take_along_axis(logp, m_real[match][..., None], axis=-1))
   elif cfg.matched_ce_weight:

@@ -1,5 +1,7 @@
 """train_step.matched_cross_entropy: each sample toward one real story, matched one to one (coverage), by its
-first positions and by its whole bag of tokens."""
+first positions and by its whole bag of tokens; and the openings coupled to the noise."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -223,6 +225,19 @@ def test_the_noise_picks_the_opening_at_its_quantile_and_the_picks_follow_the_op
   np.testing.assert_allclose(np.bincount(picks, minlength=4) / len(picks), 0.25, atol=0.01)
 
 
+def test_the_window_takes_the_nearest_opening_around_the_noise_quantile():
+  # Eight sorted one-token openings 0..7; the noise's quantile 0.5 is row 4, and a window of 4 holds rows 2-5. The
+  # sample's head prefers token 7 (outside), then 3 (inside): row 3. At quantile 0.99 the window moves inside the
+  # end (rows 4-7) and token 7 is taken.
+  openings = jnp.arange(8)[:, None]
+  logits = jnp.log(jnp.array([0.02, 0.02, 0.02, 0.3, 0.02, 0.02, 0.02, 0.58]))[None, None].repeat(2, 0)
+  noise = jnp.zeros((2, 1, 3)).at[:, 0, -1].set(jax.scipy.stats.norm.ppf(jnp.array([0.5, 0.99])))
+  np.testing.assert_array_equal(train_step.noise_window_rows(logits, noise, openings, 4), [3, 7])
+  # A window of one is the quantile's own row; one wider than the openings is all of them.
+  np.testing.assert_array_equal(train_step.noise_window_rows(logits, noise, openings, 1), [4, 7])
+  np.testing.assert_array_equal(train_step.noise_window_rows(logits, noise, openings, 50), [7, 7])
+
+
 def noise_coupled_trainer(tmp_path):
   config = tiny_config()
   config.model.head = "vocab"
@@ -251,6 +266,12 @@ def test_noise_coupled_matching_pulls_each_sample_to_the_opening_at_its_noise(tm
   np.testing.assert_allclose(float(metrics["loss/matched_ce"]), expected, rtol=1e-5)
   changed = np.mean(np.argmax(np.asarray(out[:, :3]), -1) != target)
   np.testing.assert_allclose(float(metrics["diag/matched_changed"]), changed, rtol=1e-6)
+  # With a window (drift.matched_ce_window): the nearest opening among the window's rows, the same cross-entropy.
+  windowed = step_metrics(args, dataclasses.replace(cfg, matched_ce_window=64), noise=noise, openings=openings)
+  target = openings[np.asarray(train_step.noise_window_rows(out, noise, jnp.asarray(openings), 64))]
+  expected = -np.mean(np.take_along_axis(logp, target[..., None], -1))
+  np.testing.assert_allclose(float(windowed["loss/matched_ce"]), expected, rtol=1e-5)
+  assert float(windowed["loss/matched_ce"]) < float(metrics["loss/matched_ce"])  # The nearest of 64 costs less.
   # The compiled step holds the sorted openings as a constant.
   _, metrics = trainer.step_fn(trainer.init_state(), trainer.next_batch(), trainer.enc_state)
   assert np.isfinite(float(metrics["loss/matched_ce"])) and float(metrics["loss/matched_ce"]) > 0
@@ -264,6 +285,7 @@ def test_noise_coupled_matching_pulls_each_sample_to_the_opening_at_its_noise(tm
     ("matched_ce_bag_weight", 1.0, "matched_ce_bag_weight"),
     ("matched_ce_rows", 8, "matched_ce_rows"),
     ("matched_ce_weight", 0.0, "needs matched_ce_weight > 0"),
+    ("matched_ce_window", -1, "matched_ce_window"),
   ],
 )
 def test_noise_coupling_settings_are_checked(setting, value, match):
@@ -272,4 +294,12 @@ def test_noise_coupling_settings_are_checked(setting, value, match):
   config.drift.matched_ce_weight, config.drift.matched_ce_coupling = 1.0, "noise"
   config.drift[setting] = value
   with pytest.raises(ValueError, match=match):
+    train_state.step_config(config, 64, 100)
+
+
+def test_the_window_needs_the_noise_coupling():
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.drift.matched_ce_weight, config.drift.matched_ce_window = 1.0, 8
+  with pytest.raises(ValueError, match="matched_ce_window=8 must be >= 0 and needs matched_ce_coupling='noise'"):
     train_state.step_config(config, 64, 100)
