@@ -58,9 +58,9 @@ def self_bleu(samples: Sequence[Sequence], max_samples: int = 200) -> float:
   """Mean BLEU-4 of each of the first max_samples samples against every other sample of the set, each sample a
   sequence of token ids (BLEU's words are tokens here): nltk's sentence_bleu with smoothing method 1, as Texygen
   computes it, to the last bit (tests/text_metrics_test.py), without nltk's cost. nltk counts every reference's
-  n-grams again for each hypothesis (O(N^2) counts: 75 s of the demo's 100 s evaluation); here each sample's
-  n-grams are counted once, and a hypothesis's clipped count of an n-gram is its count capped by the largest
-  count among the other samples (the top count, or the second one where the hypothesis holds the top)."""
+  n-grams again for each hypothesis (O(N^2) counts: under cProfile, 76 s of the demo's 99 s --mode=eval); here
+  each sample's n-grams are counted once, and a hypothesis's clipped count of an n-gram is its count capped by the
+  largest count among the other samples (the top count, or the second one where the hypothesis holds the top)."""
   samples = [tuple(int(t) for t in s) for s in samples if len(s)]
   if len(samples) < 2:
     return float("nan")
