@@ -473,15 +473,15 @@ def noise_quantile_rows(noise: Array, openings: Array) -> Array:
   return jnp.clip(jnp.floor(u * n).astype(jnp.int32), 0, n - 1)
 
 
-def noise_window_rows(logits: Array, noise: Array, openings: Array, window: int) -> Array:
+def noise_window_rows(logp: Array, noise: Array, openings: Array, window: int) -> Array:
   """Index (B,) into openings (N, T): among the `window` rows around each sample's noise_quantile_rows row (a
-  window that would pass an end is moved inside), the one whose tokens the sample's first T logits (B, >= T, V)
-  give the smallest cross-entropy (no gradient through the choice)."""
-  n, t = openings.shape
+  window that would pass an end is moved inside), the one whose tokens the sample's first T log-probabilities
+  logp (B, T, V) give the smallest cross-entropy (no gradient through the choice)."""
+  n, _ = openings.shape
   window = min(window, n)
   start = jnp.clip(noise_quantile_rows(noise, openings) - window // 2, 0, n - window)  # (B,)
   rows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(openings, s, window))(start)  # (B, W, T)
-  logp = jax.nn.log_softmax(jax.lax.stop_gradient(logits[:, :t]).astype(jnp.float32), axis=-1)  # (B, T, V)
+  logp = jax.lax.stop_gradient(logp)
   cost = -jnp.take_along_axis(logp[:, None], rows[..., None], axis=-1)[..., 0].sum(-1)  # (B, W)
   return start + jnp.argmin(cost, axis=-1).astype(start.dtype)
 
@@ -664,11 +664,11 @@ def generated_loss(
     metrics["loss/mixture_bag"] = pooled
   if noise_coupled:  # Each sample toward the opening at its noise's quantile (no layout: checked by StepConfig).
     m_out, m_real = out, jnp.asarray(openings)  # A NumPy constant of the compiled step.
+    logp = jax.nn.log_softmax(out[:, : m_real.shape[1]].astype(jnp.float32), axis=-1)
     if cfg.matched_ce_window:
-      match = noise_window_rows(out, noise, m_real, cfg.matched_ce_window)
+      match = noise_window_rows(logp, noise, m_real, cfg.matched_ce_window)
     else:
       match = noise_quantile_rows(noise, m_real)
-    logp = jax.nn.log_softmax(out[:, : m_real.shape[1]].astype(jnp.float32), axis=-1)
     matched = -jnp.mean(jnp.take_along_axis(logp, m_real[match][..., None], axis=-1))
   elif cfg.matched_ce_weight:
     # With a layout: the laid-out logits toward the laid-out real rows (the first positions hold the opening).

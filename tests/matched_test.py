@@ -228,12 +228,12 @@ def test_the_window_takes_the_nearest_opening_around_the_noise_quantile():
   # sample's head prefers token 7 (outside), then 3 (inside): row 3. At quantile 0.99 the window moves inside the
   # end (rows 4-7) and token 7 is taken.
   openings = jnp.arange(8)[:, None]
-  logits = jnp.log(jnp.array([0.02, 0.02, 0.02, 0.3, 0.02, 0.02, 0.02, 0.58]))[None, None].repeat(2, 0)
+  logp = jnp.log(jnp.array([0.02, 0.02, 0.02, 0.3, 0.02, 0.02, 0.02, 0.58]))[None, None].repeat(2, 0)
   noise = jnp.zeros((2, 1, 3)).at[:, 0, -1].set(jax.scipy.stats.norm.ppf(jnp.array([0.5, 0.99])))
-  np.testing.assert_array_equal(train_step.noise_window_rows(logits, noise, openings, 4), [3, 7])
+  np.testing.assert_array_equal(train_step.noise_window_rows(logp, noise, openings, 4), [3, 7])
   # A window of one is the quantile's own row; one wider than the openings is all of them.
-  np.testing.assert_array_equal(train_step.noise_window_rows(logits, noise, openings, 1), [4, 7])
-  np.testing.assert_array_equal(train_step.noise_window_rows(logits, noise, openings, 50), [7, 7])
+  np.testing.assert_array_equal(train_step.noise_window_rows(logp, noise, openings, 1), [4, 7])
+  np.testing.assert_array_equal(train_step.noise_window_rows(logp, noise, openings, 50), [7, 7])
 
 
 def noise_coupled_trainer(tmp_path):
@@ -273,28 +273,26 @@ def test_noise_coupled_matching_pulls_each_sample_to_the_opening_at_its_noise(tm
 
 
 @pytest.mark.parametrize(
-  "setting, value, match",
+  "settings, match",
   [
-    ("matched_ce_coupling", "quantile", "expected 'nearest' or 'noise'"),
-    ("matched_ce_gap", 1.0, "matched_ce_gap"),
-    ("matched_ce_bag_weight", 1.0, "matched_ce_bag_weight"),
-    ("matched_ce_rows", 8, "matched_ce_rows"),
-    ("matched_ce_weight", 0.0, "needs matched_ce_weight > 0"),
-    ("matched_ce_window", -1, "matched_ce_window"),
+    ({"matched_ce_coupling": "quantile"}, "expected 'nearest' or 'noise'"),
+    ({"matched_ce_gap": 1.0}, "matched_ce_gap"),
+    ({"matched_ce_bag_weight": 1.0}, "matched_ce_bag_weight"),
+    ({"matched_ce_rows": 8}, "matched_ce_rows"),
+    ({"matched_ce_weight": 0.0}, "needs matched_ce_weight > 0"),
+    ({"matched_ce_window": -1}, "matched_ce_window"),
+    # The window belongs to the noise coupling.
+    (
+      {"matched_ce_coupling": "nearest", "matched_ce_window": 8},
+      "matched_ce_window=8 must be >= 0 and needs matched_ce_coupling='noise'",
+    ),
   ],
 )
-def test_noise_coupling_settings_are_checked(setting, value, match):
+def test_noise_coupling_settings_are_checked(settings, match):
   config = tiny_config()
   config.model.head = "vocab"
   config.drift.matched_ce_weight, config.drift.matched_ce_coupling = 1.0, "noise"
-  config.drift[setting] = value
+  for name, value in settings.items():
+    config.drift[name] = value
   with pytest.raises(ValueError, match=match):
-    train_state.step_config(config, 64, 100)
-
-
-def test_the_window_needs_the_noise_coupling():
-  config = tiny_config()
-  config.model.head = "vocab"
-  config.drift.matched_ce_weight, config.drift.matched_ce_window = 1.0, 8
-  with pytest.raises(ValueError, match="matched_ce_window=8 must be >= 0 and needs matched_ce_coupling='noise'"):
     train_state.step_config(config, 64, 100)
