@@ -460,6 +460,12 @@ VARIANTS = {
   "demo18, pooled bag by argmax counts": {**DEMO_18, "drift.mixture_bag_counts": "argmax"},
   # The matching among 32 of the 128 real stories (drift.matched_ce_rows): every real opening of the step becomes
   # a sample's target, instead of each sample's nearest of 128, which kept its favourite kind and adjective.
+  # The same with the push toward an unwritten pair at most twice an exact one's (10 above; session 20's next step).
+  "demo18, pooled bag by argmax counts, ratio 2": {
+    **DEMO_18,
+    "drift.mixture_bag_counts": "argmax",
+    "drift.mixture_bag_max_ratio": 2.0,
+  },
   "demo18, matching among 32 real stories": {**DEMO_18, "drift.matched_ce_rows": 32},
   "demo18, argmax bag and matching among 32": {
     **DEMO_18,
@@ -503,6 +509,13 @@ VARIANTS = {
     "drift.matched_ce_coupling": "noise",
     "drift.matched_ce_window": 152,
   },
+  # Repairs balanced against the step's real stories (drift.continuation_balance): a token the samples write more
+  # often than real stories do (a favourite colour, kind or name) stays with probability real share / samples'
+  # share, else the LM redraws it among its candidates weighted the same way, so the repairs (the cross-entropy's
+  # targets) move the over-written choices toward the ones the samples skip.
+  "demo18, repairs balanced against the real stories' tokens": {**DEMO_18, "drift.continuation_balance": 1.0},
+  # The same with the weights' square root: half the redraws' strength (the plain ratio broke sentences).
+  "demo18, repairs balanced by the ratio's square root": {**DEMO_18, "drift.continuation_balance": 0.5},
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one

@@ -119,6 +119,10 @@ def get_config() -> ml_collections.ConfigDict:
   # The cross-entropy's targets: "draws" (a sample's M draws: the mean over them) or "likeliest" (the one of its
   # draws the LM finds likeliest: one consistent target per sample).
   config.drift.continuation_ce_target = "draws"
+  # > 0: the continuations keep or draw each token with weight min(1, its share of the step's real rows' tokens /
+  # its share of the samples') ** this, so an over-written choice (one colour of eight) is redrawn in part among
+  # the LM's candidates. Needs data.n_pos real rows in the step. 0: off.
+  config.drift.continuation_balance = 0.0
   # > 0: plus this weight times the cross-entropy of real stories' tokens under the batch's mixture of the vocab
   # head's distributions at each position: together the samples must offer every real choice (coverage), while
   # no sample is pulled to the marginal. 0: off.
@@ -157,9 +161,10 @@ def get_config() -> ml_collections.ConfigDict:
   # before training (files:, synthetic and tinystories_sample sources): the same target without its sampling noise.
   config.drift.mixture_bag_target = "batch"
   # Whose counts weigh the pooled bag's gradient: "expected" (the softmax's: the plain cross-entropy) or "argmax"
-  # (the tokens the samples write: a choice no sample writes is pushed hardest, up to 10 times an exact one's;
-  # docs/demo.md, session 20).
+  # (the tokens the samples write: a choice no sample writes is pushed hardest, up to mixture_bag_max_ratio times
+  # an exact one's; docs/demo.md, sessions 20 and 22).
   config.drift.mixture_bag_counts = "expected"
+  config.drift.mixture_bag_max_ratio = 10.0
 
   # Batches: G groups, each of n_gen generated and n_pos real samples (paper: 64 and 64 per class).
   config.data = ml_collections.ConfigDict()

@@ -59,6 +59,7 @@ def step_config(
     continuation_ce_weight=config.drift.get("continuation_ce_weight", 0.0),
     continuation_ce_start=config.drift.get("continuation_ce_start", 0),
     continuation_ce_target=config.drift.get("continuation_ce_target", "draws"),
+    continuation_balance=config.drift.get("continuation_balance", 0.0),
     mixture_ce_weight=config.drift.get("mixture_ce_weight", 0.0),
     mixture_ce_positions=config.drift.get("mixture_ce_positions", 0),
     matched_ce_weight=config.drift.get("matched_ce_weight", 0.0),
@@ -72,6 +73,7 @@ def step_config(
     mixture_bag_n=config.drift.get("mixture_bag_n", 1),
     mixture_bag_target=config.drift.get("mixture_bag_target", "batch"),
     mixture_bag_counts=config.drift.get("mixture_bag_counts", "expected"),
+    mixture_bag_max_ratio=config.drift.get("mixture_bag_max_ratio", 10.0),
     chunk=config.train.get("chunk", 0),
     sentence_ends=sentence_ends,
   )

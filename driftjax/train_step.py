@@ -94,6 +94,13 @@ class StepConfig:
   # the head is pulled to all their choices at once) or "likeliest" (the one of a sample's M draws that the LM
   # finds likeliest: one consistent story per sample; an extra teacher-forced LM pass over the draws).
   continuation_ce_target: str = "draws"
+  # > 0: the sequential continuations keep or draw each token v with weight min(1, r_v / g_v) ** this
+  # (balance_weights: r_v is v's share among the step's real rows' tokens, g_v its share among the samples'), so a
+  # choice the samples write more often than real stories (one colour of eight) is redrawn in part among the LM's
+  # candidates, toward the ones they write too rarely; the LM still decides what may stand there. Needs the real
+  # rows. 0: off. At 1 and 1/2 in the demo's probe it broke sentences (a redrawn name rewrites the rest of the
+  # story; docs/demo.md, session 22).
+  continuation_balance: float = 0.0
   # > 0: plus this weight times the cross-entropy of the real rows' tokens under the batch's mixture of the vocab
   # head's distributions at each position (mixture_cross_entropy): the samples together must give every real
   # story's token at each position some probability, so they cannot all make the same choice, while no single
@@ -146,10 +153,13 @@ class StepConfig:
   # Whose counts weigh the bag's gradient: "expected", the softmax's (the plain cross-entropy, which a head that
   # hedges, say 0.1 on a colour its argmax never writes, already satisfies); "argmax", the tokens the samples
   # write: each n-gram's push is its target share over its share among the argmax n-grams (clipped at
-  # BAG_MAX_RATIO), so a choice no sample writes is pushed hardest and an over-written one least
+  # mixture_bag_max_ratio), so a choice no sample writes is pushed hardest and an over-written one least
   # (pooled_bag_cross_entropy). The value is then the argmax bag's divergence. In the demo's probe it spread the
   # skipped colours and broke sentences (docs/demo.md, session 20).
   mixture_bag_counts: str = "expected"
+  # With mixture_bag_counts "argmax": the push toward an n-gram no sample writes, relative to one written exactly as
+  # often as the target says (>= 1).
+  mixture_bag_max_ratio: float = 10.0
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
   # The tokens that end a sentence (data.tokenizer.sentence_end_ids): a generator with a slotted layout
@@ -190,6 +200,13 @@ class StepConfig:
         f"drift.continuation_temperature={self.continuation_temperature} applies to independent sequential draws "
         "(continue, repair, ancestral without noise coupling)"
       )
+    if self.continuation_balance < 0 or (
+      self.continuation_balance and (not self.uses_continuation or self.continuation_policy == "resample")
+    ):
+      raise ValueError(
+        f"drift.continuation_balance={self.continuation_balance} must be >= 0 and needs sequential continuations "
+        "(continue, repair, ancestral)"
+      )
     if self.continuation_kernel not in ("batch", "own"):
       raise ValueError(f"drift.continuation_kernel={self.continuation_kernel!r}; expected batch or own")
     if self.continuation_ce_weight < 0 or (
@@ -229,6 +246,8 @@ class StepConfig:
       raise ValueError(f"drift.mixture_bag_target={self.mixture_bag_target!r}; expected 'batch' or 'split'")
     if self.mixture_bag_counts not in ("expected", "argmax"):
       raise ValueError(f"drift.mixture_bag_counts={self.mixture_bag_counts!r}; expected 'expected' or 'argmax'")
+    if self.mixture_bag_max_ratio < 1:
+      raise ValueError(f"drift.mixture_bag_max_ratio={self.mixture_bag_max_ratio} must be >= 1")
     if self.matched_ce_rows and not (self.matched_ce_weight and self.n_gen <= self.matched_ce_rows <= self.n_pos):
       raise ValueError(
         f"drift.matched_ce_rows={self.matched_ce_rows} needs matched_ce_weight > 0 and data.n_gen={self.n_gen} <= "
@@ -442,6 +461,18 @@ def ngrams(rows: Array, n: int) -> Array:
   return jnp.stack([rows[:, i : i + length].reshape(-1) for i in range(n)], -1)
 
 
+def balance_weights(ids: Array, real_ids: Array, vocab_size: int, eos: int, power: float = 1.0) -> Array:
+  """(V,): min(1, r_v / g_v) ** power, where r_v is token v's share of the real rows' (R, L) tokens and g_v its
+  share of the samples' (B, L) (end-of-text left out of both); 1 for a token the samples do not write."""
+
+  def shares(rows):
+    counts = jnp.zeros((vocab_size,), jnp.float32).at[rows.reshape(-1)].add(1.0).at[eos].set(0.0)
+    return counts / jnp.maximum(jnp.sum(counts), 1.0)
+
+  real, gen = shares(real_ids), shares(ids)
+  return jnp.where(gen > 0, jnp.minimum(1.0, real / jnp.where(gen > 0, gen, 1.0)), 1.0) ** power
+
+
 def ngram_distribution(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
   """The pooled bag of n-grams of rows (N, L) of token ids (every run of n adjacent tokens of every row, padding
   included, as mixture_bag_divergence counts a batch's): its S distinct n-grams (S, n) int32 in sorted order and
@@ -486,11 +517,6 @@ def noise_window_rows(logp: Array, noise: Array, openings: Array, window: int) -
   return start + jnp.argmin(cost, axis=-1).astype(start.dtype)
 
 
-# drift.mixture_bag_counts="argmax": the push toward an n-gram no sample writes, relative to one written exactly as
-# often as the target says.
-BAG_MAX_RATIO = 10.0
-
-
 def pooled_bag_cross_entropy(
   logits: Array,
   grams: Array,
@@ -498,6 +524,7 @@ def pooled_bag_cross_entropy(
   smoothing: float = 1e-4,
   counts: str = "expected",
   totals: Array | None = None,
+  max_ratio: float = 10.0,
 ) -> Array:
   """-sum_s shares[s] log q(grams[s]): a target bag of n-grams (grams (S, n), shares (S,) summing to 1) under the
   batch's expected one q (logits (B, L, V): q(g) is the mean over every sample b and start t of
@@ -505,7 +532,7 @@ def pooled_bag_cross_entropy(
 
   counts "argmax": the value is the same cross-entropy of the argmax bag a (the n-grams of each sample's argmax
   tokens, pooled and smoothed alike), and the gradient is that of -sum_s w_s q(grams[s]), w_s = shares[s] /
-  max(a(grams[s]), totals[s] / BAG_MAX_RATIO) held fixed: the cross-entropy's gradient at the counts the samples
+  max(a(grams[s]), totals[s] / max_ratio) held fixed: the cross-entropy's gradient at the counts the samples
   write, passed through the softmax. totals[s]: grams[s]'s target share with its repeats in grams (default
   shares: distinct grams). Memory O(B L S)."""
   if counts not in ("expected", "argmax"):
@@ -526,18 +553,25 @@ def pooled_bag_cross_entropy(
     written = written & (ids[:, i : i + starts, None] == grams[:, i])
   a = jnp.mean(written.astype(jnp.float32), axis=(0, 1))
   totals = shares if totals is None else totals
-  w = jax.lax.stop_gradient(shares / jnp.maximum(a, totals / BAG_MAX_RATIO))
+  w = jax.lax.stop_gradient(shares / jnp.maximum(a, totals / max_ratio))
   surrogate = -jnp.sum(w * q)
   return -jnp.sum(shares * jnp.log((1.0 - smoothing) * a + floor)) + surrogate - jax.lax.stop_gradient(surrogate)
 
 
 def pooled_bag_divergence(
-  logits: Array, grams: Array, shares: Array, smoothing: float = 1e-4, counts: str = "expected"
+  logits: Array,
+  grams: Array,
+  shares: Array,
+  smoothing: float = 1e-4,
+  counts: str = "expected",
+  max_ratio: float = 10.0,
 ) -> Array:
   """KL(c || q) between a target bag of n-grams c (distinct grams (S, n), shares (S,) summing to 1) and the
   batch's expected (counts "argmax": written) one q (pooled_bag_cross_entropy less the target's entropy). Neither
   which sample says an n-gram nor where counts; 0 when the samples together say each one as often as c."""
-  return pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts) - distribution_entropy(shares)
+  return pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts, max_ratio=max_ratio) - (
+    distribution_entropy(shares)
+  )
 
 
 def distribution_entropy(shares: Array) -> Array:
@@ -547,7 +581,12 @@ def distribution_entropy(shares: Array) -> Array:
 
 
 def mixture_bag_divergence(
-  logits: Array, real_ids: Array, n: int = 1, smoothing: float = 1e-4, counts: str = "expected"
+  logits: Array,
+  real_ids: Array,
+  n: int = 1,
+  smoothing: float = 1e-4,
+  counts: str = "expected",
+  max_ratio: float = 10.0,
 ) -> Array:
   """pooled_bag_divergence against the real rows' (R, L) pooled bag of n-grams (every run of n adjacent tokens
   of every row, all rows together, each occurrence one unit). n = 1: tokens; n = 2: pairs of adjacent tokens (a
@@ -558,7 +597,8 @@ def mixture_bag_divergence(
   shares = jnp.full((grams.shape[0],), 1.0 / grams.shape[0], jnp.float32)  # Repeats add up to their share.
   totals = unit_shares(grams)
   # Less the target's entropy over distinct n-grams (the shares of repeated ones counted together).
-  return pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts, totals) + jnp.mean(jnp.log(totals))
+  value = pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts, totals, max_ratio)
+  return value + jnp.mean(jnp.log(totals))
 
 
 def position_cross_entropy(logits: Array, real_ids: Array) -> Array:
@@ -619,8 +659,8 @@ def generated_loss(
   key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation);
   noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise");
   step: the training step (needed with continuation_ce_start > 0);
-  real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight, mixture_bag_weight or matched_ce_weight
-  > 0);
+  real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight, mixture_bag_weight, matched_ce_weight or
+  continuation_balance > 0);
   bag_target: the (grams (S, n), shares (S,)) of ngram_distribution over the training rows (needed with
   mixture_bag_target "split");
   openings: (N, T) the training rows' sorted_openings (needed with matched_ce_coupling "noise", with the noise).
@@ -635,6 +675,8 @@ def generated_loss(
     uses_real.append("matched_ce_weight")
   if cfg.mixture_bag_weight and cfg.mixture_bag_target == "batch":
     uses_real.append("mixture_bag_weight")
+  if cfg.continuation_balance:
+    uses_real.append("continuation_balance")
   if uses_real and real_ids is None:
     raise ValueError(f"drift.{uses_real[0]} needs the real rows' tokens")
   if cfg.uses_continuation and cfg.continuation_ce_start and step is None:
@@ -657,9 +699,13 @@ def generated_loss(
     metrics["loss/mixture_ce"] = mix
   if cfg.mixture_bag_weight:
     if cfg.mixture_bag_target == "split":
-      pooled = pooled_bag_divergence(out, *bag_target, counts=cfg.mixture_bag_counts)
+      pooled = pooled_bag_divergence(
+        out, *bag_target, counts=cfg.mixture_bag_counts, max_ratio=cfg.mixture_bag_max_ratio
+      )
     else:
-      pooled = mixture_bag_divergence(out, real_ids, cfg.mixture_bag_n, counts=cfg.mixture_bag_counts)
+      pooled = mixture_bag_divergence(
+        out, real_ids, cfg.mixture_bag_n, counts=cfg.mixture_bag_counts, max_ratio=cfg.mixture_bag_max_ratio
+      )
     total = total + cfg.mixture_bag_weight * pooled
     metrics["loss/mixture_bag"] = pooled
   if noise_coupled:  # Each sample toward the opening at its noise's quantile (no layout: checked by StepConfig).
@@ -725,6 +771,10 @@ def generated_loss(
       repeat_ngram=cfg.teacher_repeat_ngram,
       temperature=cfg.continuation_temperature,
     )
+    if cfg.continuation_balance:
+      kw["token_weights"] = balance_weights(ids, real_ids, cfg.gen.vocab_size, eos, cfg.continuation_balance)
+      # The chance that a sample's token stays on the balance's account (the LM may still reject it).
+      metrics["diag/balance_keep"] = jnp.mean(jnp.where(ids == eos, 1.0, kw["token_weights"][ids]))
     copies = 1  # Positives per row of cont (M where one row stands for a sample's M positives).
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)

@@ -236,3 +236,33 @@ def test_the_loop_takes_the_top_k_without_sorting_the_vocabulary(lm):
   hlo = repair.lower(state, jnp.zeros((4, LENGTH), jnp.int32)).compile().as_text()
   assert " sort(" not in hlo
   assert '"TopK"' in hlo
+
+
+def test_token_weights_of_one_change_nothing_and_a_zero_weight_removes_its_token(lm):
+  ids = _rows(lm, seed=8, n=16)
+  kw = {"top_k": VOCAB, "floor": 0.0, "policy": "repair"}  # Every token acceptable: only the weights replace.
+  plain = np.asarray(kv_decode.continue_samples(lm, jax.random.key(4), ids, **kw)[0])
+  ones = kv_decode.continue_samples(lm, jax.random.key(4), ids, token_weights=jnp.ones((VOCAB,)), **kw)[0]
+  np.testing.assert_array_equal(np.asarray(ones), plain)
+  ids = np.asarray(ids)
+  v = np.bincount(ids[ids != EOS]).argmax()  # The rows' commonest token.
+  out = kv_decode.continue_samples(lm, jax.random.key(4), ids, token_weights=jnp.ones((VOCAB,)).at[v].set(0.0), **kw)
+  out = np.asarray(out[0])
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0
+  assert (ids == v).sum() >= 3
+  assert not np.any((out == v) & ~ended)  # Neither kept nor drawn.
+  np.testing.assert_array_equal(out[ids != v], ids[ids != v])  # Every other token stays.
+
+
+def test_a_token_weighed_at_a_half_stays_about_half_the_time(lm):
+  # Every token acceptable: token v stays where its keep draw says so (half of its positions), and a redraw
+  # returns it with its LM probability halved (then renormalized; about 0.13 here).
+  ids = np.array(_rows(lm, seed=9, n=64))
+  ids[:, 2:8] = 5
+  ids = jnp.asarray(ids)
+  kw = {"top_k": VOCAB, "floor": 0.0, "policy": "repair"}
+  out = kv_decode.continue_samples(lm, jax.random.key(6), ids, token_weights=jnp.ones((VOCAB,)).at[5].set(0.5), **kw)
+  stays = np.asarray(out[0])[:, 2:8] == 5
+  _, probs = _acceptable(lm, out[0], VOCAB, 0.0)
+  drawn_back = probs[:, 2:8, 5].mean() * 0.5  # About how often a redraw returns v.
+  assert abs(stays.mean() - 0.5 * (1 + drawn_back)) < 0.08, (stays.mean(), drawn_back)

@@ -145,6 +145,9 @@ def test_mixture_bag_settings_are_checked(head, weight, n):
   config.drift.mixture_bag_counts = "soft"
   with pytest.raises(ValueError, match="mixture_bag_counts"):
     train_state.step_config(config, 64, 100)
+  config.drift.mixture_bag_counts, config.drift.mixture_bag_max_ratio = "argmax", 0.5
+  with pytest.raises(ValueError, match="mixture_bag_max_ratio"):
+    train_state.step_config(config, 64, 100)
 
 
 def bag_of_pairs_setup(tmp_path, target: str):
@@ -251,6 +254,12 @@ def test_argmax_counts_push_the_choice_no_sample_writes_though_the_softmax_hedge
   want = -sum(w[s] * probs[..., s : s + 1] * (np.eye(3)[s] - probs) for s in (1, 2)) / 6
   np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-7)
   assert grad[..., 2].max() < 0 < grad[..., 1].min()  # Descent raises token 2 and lowers token 1 everywhere.
+  # With the cap at 2 (drift.mixture_bag_max_ratio): token 2's weight is 0.5 / (0.5 / 2) = 2; the value is the same.
+  capped = lambda z: train_step.mixture_bag_divergence(z, real, smoothing=1e-4, counts="argmax", max_ratio=2.0)
+  np.testing.assert_allclose(float(capped(logits)), float(written(logits)), rtol=1e-6)
+  w2 = np.array([0.0, 0.5, 2.0])
+  want2 = -sum(w2[s] * probs[..., s : s + 1] * (np.eye(3)[s] - probs) for s in (1, 2)) / 6
+  np.testing.assert_allclose(np.asarray(jax.grad(capped)(logits)), want2, rtol=1e-4, atol=1e-7)
   assert np.abs(np.asarray(jax.grad(expected)(logits))).max() < 0.1 * np.abs(grad).max()
   # A batch whose argmax says each token as often as the target: the same push on both, as the plain gradient's.
   even = np.stack([probs[0], probs[0][:, [0, 2, 1]]])  # Sample 1 hedges the other way.

@@ -9,6 +9,7 @@ from train_test import tiny_config
 
 from driftjax import sampler as sampler_lib
 from driftjax import train
+from driftjax import train_state
 from driftjax import train_step as step_lib
 from driftjax.drift import field as field_lib
 from driftjax.drift import teacher
@@ -139,7 +140,8 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path,
   if policy == "continue":
     config.drift.continuation_ce_target = "likeliest"
   if policy == "repair":  # And each sample's cross-entropy toward its matched real row: first 6 tokens
-    # aligned, bags.
+    # aligned, bags; the repairs balanced against the real rows' tokens.
+    config.drift.continuation_balance = 1.0
     config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
     config.drift.matched_ce_bag_weight, config.drift.matched_ce_gap = 1.0, 2.0
   if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens, and their bags.
@@ -186,6 +188,9 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path,
   assert ("diag/draft_changed" in metrics) == (policy == "continue")
   if policy == "continue":  # Two updates moved the LM's weight in the final logits off zero.
     assert 0 <= metrics["diag/draft_changed"] <= 1 and metrics["diag/draft_gate"] != 0
+  assert ("diag/balance_keep" in metrics) == (policy == "repair")
+  if policy == "repair":  # A random head's tokens are seldom in real rows: their weights are small or 0.
+    assert 0 <= metrics["diag/balance_keep"] < 0.5
   assert ("diag/layout_filler" in metrics) == (policy == "repair")
   if policy == "repair":  # The text fills the layout's first 32 of 40 positions or more: few fillers yet.
     assert 0 <= metrics["diag/layout_filler"] <= 0.2 and 0 <= metrics["diag/layout_short"] <= 1
@@ -268,3 +273,26 @@ def test_continuation_cross_entropy_starts_at_its_step(tmp_path):
   np.testing.assert_allclose(float(at - before), 0.5 * float(m_at["loss/continuation_ce"]), rtol=1e-5)
   with pytest.raises(ValueError, match="needs the training step"):
     step_lib.generated_loss(trainer.encoder, out, None, None, cfg, key=jax.random.key(1))
+
+
+def test_balance_weights_are_the_real_share_over_the_samples_share_at_most_one():
+  real = jnp.array([[1, 1, 2, 3, 4, 4]])  # Token 4: end-of-text, left out of both shares.
+  gen = jnp.array([[1, 2, 2, 2, 4, 4], [0, 4, 4, 4, 4, 4]])
+  w = np.asarray(step_lib.balance_weights(gen, real, vocab_size=6, eos=4))
+  # Real shares 1: 1/2, 2: 1/4, 3: 1/4; the samples' 0: 1/5, 1: 1/5, 2: 3/5.
+  np.testing.assert_allclose(w, [0.0, 1.0, (1 / 4) / (3 / 5), 1.0, 1.0, 1.0], rtol=1e-6)
+  half = np.asarray(step_lib.balance_weights(gen, real, vocab_size=6, eos=4, power=0.5))
+  np.testing.assert_allclose(half, np.sqrt(w), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "positives, policy, power",
+  [("data", "repair", 1.0), ("continuation", "resample", 1.0), ("continuation", "repair", -1.0)],
+)
+def test_balance_needs_sequential_continuations(positives, policy, power):
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.drift.positives, config.drift.continuation_policy = positives, policy
+  config.drift.continuation_balance = power
+  with pytest.raises(ValueError, match="continuation_balance"):
+    train_state.step_config(config, 64, 100)

@@ -239,6 +239,7 @@ def continue_samples(
   temperature: float = 1.0,
   repeat_ngram: int = 0,
   uniforms: Array | None = None,
+  token_weights: Array | None = None,
   block: int = 64,
 ) -> tuple[Array, Array]:
   """The LM's continuations of given token rows (B, L), one pass with a KV cache (issue 14, docs/demo.md).
@@ -255,8 +256,11 @@ def continue_samples(
   still taken when every one repeats). After a row's first end-of-text every token is end-of-text (padding, as
   in real rows). uniforms (B, L) in [0, 1): the LM's draw at position t of row b is then the inverse CDF at
   uniforms[b, t] over the candidates in token-id order (a coupling: the draws are a function of the uniforms, and a
-  small change of the LM's probabilities rarely changes them); otherwise draws use `key`. Call it under jit (the
-  training step does).
+  small change of the LM's probabilities rarely changes them); otherwise draws use `key`. token_weights (V,) in
+  [0, 1]: a row's acceptable token v is kept only with probability token_weights[v] (a draw from `key` per row and
+  position), and the LM's candidates are drawn with their probabilities times their weights (a token the batch
+  writes more often than real text loses the share it has too much; train_step.balance_weights). Call it under jit
+  (the training step does).
 
   Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was.
   """
@@ -279,6 +283,10 @@ def continue_samples(
     top_p = jnp.exp(top_logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True))
     ok = (top_p >= floor) & (top_p >= min_ratio * top_p[:, :1])  # top_p is sorted: column 0 is the top.
     acceptable = jnp.any(ok & (top_ids == own[:, None]), axis=-1)
+    if token_weights is not None:
+      stay = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, pos), 1), own.shape)
+      acceptable = acceptable & (stay < token_weights[own])
+      top_p = top_p * token_weights[top_ids]
     if repeat_ngram > 0:
       banned = ngram_repeats(hist, pos, jnp.concatenate([own[:, None], top_ids], 1), repeat_ngram)
       acceptable, ok = acceptable & ~banned[:, 0], ok & ~banned[:, 1:]
