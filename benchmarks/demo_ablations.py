@@ -458,14 +458,14 @@ VARIANTS = {
   # 13%), cat 2% and bird 4% (12-13%), while the softmax's pooled bag is near the target (its head hedges). The
   # bag's gradient weighed by the argmax's counts pushes the choices no sample writes (drift.mixture_bag_counts).
   "demo18, pooled bag by argmax counts": {**DEMO_18, "drift.mixture_bag_counts": "argmax"},
-  # The matching among 32 of the 128 real stories (drift.matched_ce_rows): every real opening of the step becomes
-  # a sample's target, instead of each sample's nearest of 128, which kept its favourite kind and adjective.
   # The same with the push toward an unwritten pair at most twice an exact one's (10 above; session 20's next step).
   "demo18, pooled bag by argmax counts, ratio 2": {
     **DEMO_18,
     "drift.mixture_bag_counts": "argmax",
     "drift.mixture_bag_max_ratio": 2.0,
   },
+  # The matching among 32 of the 128 real stories (drift.matched_ce_rows): every real opening of the step becomes
+  # a sample's target, instead of each sample's nearest of 128, which kept its favourite kind and adjective.
   "demo18, matching among 32 real stories": {**DEMO_18, "drift.matched_ce_rows": 32},
   "demo18, argmax bag and matching among 32": {
     **DEMO_18,

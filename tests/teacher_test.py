@@ -289,7 +289,7 @@ def test_balance_weights_are_the_real_share_over_the_samples_share_at_most_one()
   "positives, policy, power",
   [("data", "repair", 1.0), ("continuation", "resample", 1.0), ("continuation", "repair", -1.0)],
 )
-def test_balance_needs_sequential_continuations(positives, policy, power):
+def test_balance_settings_are_checked(positives, policy, power):
   config = tiny_config()
   config.model.head = "vocab"
   config.drift.positives, config.drift.continuation_policy = positives, policy
