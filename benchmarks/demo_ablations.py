@@ -1,7 +1,7 @@
 """Ablations of the demo's choices (docs/demo.md): which field, features and output head move text toward data.
 
 python benchmarks/demo_ablations.py --workdir=runs/demo [--kind=particles|generator] [--steps=N] [--only="a;b"]
-  [--seeds=0,1,...] [--show=N] [--log_every=N] [--samples=N]
+  [--seeds=0,1,...] [--show=N] [--log_every=N] [--samples=N] [--holdout=N]
 Needs DIR/encoder from a demo run (--mode=pretrain_encoder or --mode=demo with configs/demo.py).
 
 - particles: no generator. 32 free sequences of logits are optimized directly (Adam, lr 0.1) with the drift loss
@@ -739,6 +739,13 @@ def main():
     default=64,
     help="generator: EMA samples scored (above 64, coverage is against as many fresh stories of the grammar)",
   )
+  parser.add_argument(
+    "--holdout",
+    type=int,
+    default=0,
+    help="stories held out of training (default 0: FIELD_ALONE's 256, the split of the LMs of the workdirs before "
+    "session 17; 512 is the split of the LMs a configs/demo.py run trains)",
+  )
   args = parser.parse_args()
   names = [n for n in VARIANTS if not args.only or n in args.only.split(";")]
   if args.only and len(names) != len(args.only.split(";")):
@@ -761,6 +768,8 @@ def main():
     for path, value in {**FIELD_ALONE, **VARIANTS[name]}.items():
       if path not in PROBE_KEYS:
         set_path(config, path, value)
+    if args.holdout:  # The split the workdir's LMs were trained on (docs/demo.md, session 22).
+      config.data.holdout = args.holdout
     if seed is not None:
       config.seed = seed
       name = f"{name}, seed {seed}"
