@@ -73,7 +73,7 @@ def step_config(
     mixture_bag_n=config.drift.get("mixture_bag_n", 1),
     mixture_bag_target=config.drift.get("mixture_bag_target", "batch"),
     mixture_bag_counts=config.drift.get("mixture_bag_counts", "expected"),
-    mixture_bag_max_ratio=config.drift.get("mixture_bag_max_ratio", 10.0),
+    mixture_bag_max_ratio=config.drift.get("mixture_bag_max_ratio", step_lib.BAG_MAX_RATIO),
     chunk=config.train.get("chunk", 0),
     sentence_ends=sentence_ends,
   )

@@ -37,6 +37,9 @@ POSITIVE_PARTS = ("data", "teacher", "continuation")  # drift.positives: one or 
 CONTINUATION_POLICIES = ("continue", "repair", "resample", "ancestral")
 CE_TARGETS = ("draws", "likeliest")
 CONTINUATION_COUPLINGS = ("none", "noise")
+# The argmax bag's default cap (drift.mixture_bag_max_ratio): the push toward an n-gram no sample writes, relative
+# to one written exactly as often as the target says.
+BAG_MAX_RATIO = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +162,7 @@ class StepConfig:
   mixture_bag_counts: str = "expected"
   # With mixture_bag_counts "argmax": the push toward an n-gram no sample writes, relative to one written exactly as
   # often as the target says (>= 1).
-  mixture_bag_max_ratio: float = 10.0
+  mixture_bag_max_ratio: float = BAG_MAX_RATIO
   # > 0: features and gradients in chunks of this many rows (chunked_loss_and_grads); 0: all at once.
   chunk: int = 0
   # The tokens that end a sentence (data.tokenizer.sentence_end_ids): a generator with a slotted layout
@@ -524,7 +527,7 @@ def pooled_bag_cross_entropy(
   smoothing: float = 1e-4,
   counts: str = "expected",
   totals: Array | None = None,
-  max_ratio: float = 10.0,
+  max_ratio: float = BAG_MAX_RATIO,
 ) -> Array:
   """-sum_s shares[s] log q(grams[s]): a target bag of n-grams (grams (S, n), shares (S,) summing to 1) under the
   batch's expected one q (logits (B, L, V): q(g) is the mean over every sample b and start t of
@@ -564,14 +567,13 @@ def pooled_bag_divergence(
   shares: Array,
   smoothing: float = 1e-4,
   counts: str = "expected",
-  max_ratio: float = 10.0,
+  max_ratio: float = BAG_MAX_RATIO,
 ) -> Array:
   """KL(c || q) between a target bag of n-grams c (distinct grams (S, n), shares (S,) summing to 1) and the
   batch's expected (counts "argmax": written) one q (pooled_bag_cross_entropy less the target's entropy). Neither
   which sample says an n-gram nor where counts; 0 when the samples together say each one as often as c."""
-  return pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts, max_ratio=max_ratio) - (
-    distribution_entropy(shares)
-  )
+  value = pooled_bag_cross_entropy(logits, grams, shares, smoothing, counts, max_ratio=max_ratio)
+  return value - distribution_entropy(shares)
 
 
 def distribution_entropy(shares: Array) -> Array:
@@ -586,7 +588,7 @@ def mixture_bag_divergence(
   n: int = 1,
   smoothing: float = 1e-4,
   counts: str = "expected",
-  max_ratio: float = 10.0,
+  max_ratio: float = BAG_MAX_RATIO,
 ) -> Array:
   """pooled_bag_divergence against the real rows' (R, L) pooled bag of n-grams (every run of n adjacent tokens
   of every row, all rows together, each occurrence one unit). n = 1: tokens; n = 2: pairs of adjacent tokens (a
