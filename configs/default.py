@@ -123,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   # its share of the samples') ** this, so an over-written choice (one colour of eight) is redrawn in part among
   # the LM's candidates. Needs data.n_pos real rows in the step. 0: off.
   config.drift.continuation_balance = 0.0
+  # >= 2: where at least this many of the LM's candidates are acceptable (a choice point: a name, a colour), the
+  # repair's token is the inverse CDF at the sample's Phi(noise[:, t, 0]) over them, whatever the sample wrote: the
+  # choice becomes a function of the noise the generator reads there. Needs the "repair" policy. 0: off.
+  config.drift.continuation_choices = 0
+  config.drift.continuation_choices_from = 0  # No choice points before this position.
   # > 0: plus this weight times the cross-entropy of real stories' tokens under the batch's mixture of the vocab
   # head's distributions at each position: together the samples must offer every real choice (coverage), while
   # no sample is pulled to the marginal. 0: off.

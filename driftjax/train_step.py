@@ -104,6 +104,15 @@ class StepConfig:
   # rows. 0: off. At 1 and 1/2 in the demo's probe it broke sentences (a redrawn name rewrites the rest of the
   # story; docs/demo.md, session 22).
   continuation_balance: float = 0.0
+  # >= 2: the repairs' choice points follow the noise. Where at least this many candidates are acceptable to the LM
+  # (several about equally likely tokens: a name, a colour), the repair's token is the inverse CDF at the sample's
+  # Phi(noise[b, t, 0]) over them in token-id order, whatever the sample wrote there; elsewhere the repair is as
+  # before. Which choice a sample makes is then a function of its noise, one the generator can read at the choice's
+  # own position, and over many samples the choices follow the LM's probabilities (coverage). Needs the "repair"
+  # policy. 0: off.
+  continuation_choices: int = 0
+  # Positions before this one are never choice points (the matched opening's targets decide them).
+  continuation_choices_from: int = 0
   # > 0: plus this weight times the cross-entropy of the real rows' tokens under the batch's mixture of the vocab
   # head's distributions at each position (mixture_cross_entropy): the samples together must give every real
   # story's token at each position some probability, so they cannot all make the same choice, while no single
@@ -209,6 +218,22 @@ class StepConfig:
       raise ValueError(
         f"drift.continuation_balance={self.continuation_balance} must be >= 0 and needs sequential continuations "
         "(continue, repair, ancestral)"
+      )
+    if (
+      self.continuation_choices < 0
+      or self.continuation_choices == 1
+      or (
+        self.continuation_choices
+        and (not self.uses_continuation or self.continuation_policy != "repair" or self.gen.layout_multiple)
+      )
+    ):
+      raise ValueError(
+        f"drift.continuation_choices={self.continuation_choices} must be 0 (off) or >= 2 and needs the repair policy "
+        "without model.layout_multiple (the noise is read at the text's positions)"
+      )
+    if self.continuation_choices_from < 0 or (self.continuation_choices_from and not self.continuation_choices):
+      raise ValueError(
+        f"drift.continuation_choices_from={self.continuation_choices_from} must be >= 0 and needs continuation_choices"
       )
     if self.continuation_kernel not in ("batch", "own"):
       raise ValueError(f"drift.continuation_kernel={self.continuation_kernel!r}; expected batch or own")
@@ -464,6 +489,14 @@ def ngrams(rows: Array, n: int) -> Array:
   return jnp.stack([rows[:, i : i + length].reshape(-1) for i in range(n)], -1)
 
 
+def noise_uniforms(noise: Array | None, option: str) -> Array:
+  """The uniforms Phi(noise[b, t, 0]) (B, L) in [0, 1) of the generator's noise (B, L, noise_dim) that couple the
+  LM's draws to it (`option` names the setting that needs them in the error when noise is None)."""
+  if noise is None:
+    raise ValueError(f"{option} needs the generator's noise")
+  return jnp.clip(jax.scipy.stats.norm.cdf(noise[..., 0].astype(jnp.float32)), 0.0, 1.0 - 1e-7)
+
+
 def balance_weights(ids: Array, real_ids: Array, vocab_size: int, eos: int, power: float = 1.0) -> Array:
   """(V,): min(1, r_v / g_v) ** power, where r_v is token v's share of the real rows' (R, L) tokens and g_v its
   share of the samples' (B, L) (end-of-text left out of both); 1 for a token the samples do not write."""
@@ -659,7 +692,8 @@ def generated_loss(
   pos_feats / pos_w: the real positives' pooled features and weights (used when cfg.uses_data);
   queue_ids: optional (Q, L) earlier generated tokens, extra negatives of the teacher loss;
   key: the PRNG key of the continuations' sampling (needed when cfg.uses_continuation);
-  noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise");
+  noise: the generator's input noise (B, L, noise_dim) (needed with continuation_coupling "noise" or
+  continuation_choices);
   step: the training step (needed with continuation_ce_start > 0);
   real_ids: (R, L) real stories' tokens (needed with mixture_ce_weight, mixture_bag_weight, matched_ce_weight or
   continuation_balance > 0);
@@ -778,18 +812,27 @@ def generated_loss(
       # The chance that a sample's token stays on the balance's account (the LM may still reject it).
       metrics["diag/balance_keep"] = jnp.mean(jnp.where(ids == eos, 1.0, kw["token_weights"][ids]))
     copies = 1  # Positives per row of cont (M where one row stands for a sample's M positives).
+
+    def choice_kw(reps: int) -> dict:  # The choice points' settings for rows holding each sample reps times.
+      if not cfg.continuation_choices:
+        return {}
+      u = jnp.repeat(noise_uniforms(noise, "continuation_choices"), reps, axis=0)
+      return dict(choices=cfg.continuation_choices, choice_uniforms=u, choices_from=cfg.continuation_choices_from)
+
     if cfg.continuation_policy == "resample":
       cont, _ = teacher_lib.resample_unlikely(key, ids, cand, weights, m)
     elif cfg.continuation_rows == 1:  # (With M = 1 the same call as below.)
       # The M continuations of a sample are one row: its draws are a function of its noise, or greedy.
-      uniforms = None
-      if cfg.continuation_coupling == "noise":
-        if noise is None:
-          raise ValueError("continuation_coupling='noise' needs the generator's noise")
-        uniforms = jnp.clip(jax.scipy.stats.norm.cdf(noise[..., 0].astype(jnp.float32)), 0.0, 1.0 - 1e-7)
-      cont, copies = kv_decode.continue_samples(encoder, key, ids, uniforms=uniforms, **kw)[0], m
+      uniforms = (
+        noise_uniforms(noise, "continuation_coupling='noise'") if cfg.continuation_coupling == "noise" else None
+      )
+      out_rows, copies = kv_decode.continue_samples(encoder, key, ids, uniforms=uniforms, **kw, **choice_kw(1)), m
     else:
-      cont, _ = kv_decode.continue_samples(encoder, key, own, **kw)
+      out_rows = kv_decode.continue_samples(encoder, key, own, **kw, **choice_kw(m))
+    if cfg.continuation_policy != "resample":
+      cont = out_rows[0]
+      if cfg.continuation_choices:  # The share of a sample's positions that are choice points.
+        metrics["diag/choice_points"] = jnp.mean(out_rows[2].astype(jnp.float32))
     cont_feats = jax.lax.stop_gradient(feature_dict(encoder, None, cont, cfg))
     if copies > 1:  # The encoder reads each distinct row once; its features stand for its M copies.
       cont_feats = {k: jnp.repeat(v, copies, axis=0) for k, v in cont_feats.items()}

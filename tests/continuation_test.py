@@ -266,3 +266,50 @@ def test_a_token_weighed_at_a_half_stays_about_half_the_time(lm):
   _, probs = _acceptable(lm, out[0], VOCAB, 0.0)
   drawn_back = probs[:, 2:8, 5].mean() * 0.5  # About how often a redraw returns v.
   assert abs(stays.mean() - 0.5 * (1 + drawn_back)) < 0.08, (stays.mean(), drawn_back)
+
+
+def test_choice_points_follow_the_uniforms_and_every_other_position_repairs_as_before(lm):
+  """choices=2: where at least 2 candidates are acceptable after the new prefix (full forward, no cache), the token
+  is the inverse CDF at the row's choice uniform over them in token-id order, whatever the row had there; elsewhere
+  an acceptable own token is kept and an unacceptable one redrawn; the returned points are exactly those places."""
+  ids = _rows(lm, seed=3, n=8)
+  u = jax.random.uniform(jax.random.key(11), ids.shape)
+  kw = {"top_k": 4, "floor": 0.02, "min_ratio": 0.3, "policy": "repair"}
+  out, _, points = kv_decode.continue_samples(lm, jax.random.key(2), ids, choices=2, choice_uniforms=u, **kw)
+  out, points, ids, u = np.asarray(out), np.asarray(points), np.asarray(ids), np.asarray(u)
+  ok, probs = _acceptable(lm, jnp.asarray(out), 4, 0.02, 0.3)
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0
+  np.testing.assert_array_equal(points, (ok.sum(-1) >= 2) & ~ended)
+  assert points.any() and (~points & ~ended).any()
+  changed_at_points = 0
+  for b in range(out.shape[0]):
+    for t in range(LENGTH):
+      if ended[b, t]:
+        continue
+      if points[b, t]:
+        cum = np.cumsum(np.where(ok[b, t], probs[b, t], 0.0))
+        assert out[b, t] == np.searchsorted(cum / cum[-1], u[b, t], side="right"), (b, t)
+        changed_at_points += out[b, t] != ids[b, t]
+      elif ok[b, t, ids[b, t]]:
+        assert out[b, t] == ids[b, t], (b, t)
+      else:
+        assert ok[b, t, out[b, t]], (b, t)
+  assert changed_at_points > 0  # Some acceptable own tokens gave way to the uniform's choice.
+  # Positions before choices_from are never choice points.
+  late = kv_decode.continue_samples(
+    lm, jax.random.key(2), jnp.asarray(ids), choices=2, choice_uniforms=jnp.asarray(u), choices_from=3, **kw
+  )
+  assert not np.asarray(late[2])[:, :3].any() and np.asarray(late[2])[:, 3:].any()
+  # Where no position has that many candidates, the repair is the plain one (the same key's draws).
+  plain, _ = kv_decode.continue_samples(lm, jax.random.key(2), jnp.asarray(ids), **kw)
+  none = kv_decode.continue_samples(lm, jax.random.key(2), jnp.asarray(ids), choices=5, choice_uniforms=u, **kw)
+  np.testing.assert_array_equal(np.asarray(none[0]), np.asarray(plain))
+  assert not np.asarray(none[2]).any()
+
+
+@pytest.mark.parametrize("choices, give_uniforms", [(2, False), (1, True), (-2, True)])
+def test_choices_need_uniforms_and_at_least_two_candidates(lm, choices, give_uniforms):
+  ids = _rows(lm)
+  u = jnp.zeros(ids.shape) if give_uniforms else None
+  with pytest.raises(ValueError, match="choices"):
+    kv_decode.continue_samples(lm, jax.random.key(0), ids, top_k=3, floor=0.0, choices=choices, choice_uniforms=u)

@@ -110,23 +110,25 @@ def test_teacher_loss_pulls_each_position_toward_its_own_candidates():
 @pytest.mark.parametrize(
   "positives, policy",
   [
-    ("teacher", ""),
     ("data+continuation", "continue"),
-    ("data+teacher+continuation", "resample"),
-    ("continuation", "ancestral"),  # With draws coupled to the generator's noise.
+    ("data+teacher+continuation", "resample"),  # With the mixture cross-entropy and the pooled bag.
+    ("continuation", "coupled"),  # Repairs whose draws and choice points follow the generator's noise.
     ("continuation", "repair"),  # Greedy draws (M copies of one row), the linear straight-through head.
   ],
 )
 def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path, positives, policy):
   # Each part of drift.positives at least once, both kinds of continuation (sequential and one-pass). The continue
   # and greedy repair cases add the cross-entropy toward the continuations (the likeliest of M rows / the one row
-  # of each sample).
-  config = tiny_config()
+  # of each sample). Each case is a compilation of the step (most of its time): the cases share the options out;
+  # the 512-token test vocabulary keeps the LM's decoding loops and the vocab head's terms small.
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.model.vocab_mode = "straight_through"
   config.drift.positives = positives
-  config.drift.continuation_policy = policy or "continue"
-  config.drift.continuation_coupling = "noise" if policy == "ancestral" else "none"
+  config.drift.continuation_policy = "repair" if policy == "coupled" else policy
+  config.drift.continuation_coupling = "noise" if policy == "coupled" else "none"
+  if policy == "coupled":  # Choice points: where at least 2 candidates pass (the random LM: most positions).
+    config.drift.continuation_choices = 2
   if policy == "continue":  # The generator reads its draft with the LM (model.draft_blocks).
     config.model.draft_blocks = 1
   if policy in ("resample", "continue"):  # Candidates within a ratio of the top one (drift.teacher_min_ratio).
@@ -144,10 +146,10 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path,
     config.drift.continuation_balance = 1.0
     config.drift.matched_ce_weight, config.drift.matched_ce_positions = 0.5, 6
     config.drift.matched_ce_bag_weight, config.drift.matched_ce_gap = 1.0, 2.0
-  if positives == "teacher":  # And the mixture cross-entropy of the real rows' first 4 tokens, and their bags.
+  if policy == "resample":  # And the mixture cross-entropy of the real rows' first 4 tokens, and their bags.
     config.drift.mixture_ce_weight, config.drift.mixture_ce_positions = 0.5, 4
     config.drift.mixture_bag_weight = 0.5
-  config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
+  config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over the whole vocabulary.
   config.drift.teacher_repeat_ngram = 2
   config.drift.teacher_repeat_window = 2
   trainer = train.setup(config, str(tmp_path / f"{positives.replace('+', '_')}_{policy}"))
@@ -165,32 +167,37 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path,
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert compiles == [], f"{positives}: {len(compiles)} compilations after the first step"
+  v = trainer.cfg.gen.vocab_size
+  assert v == 512
   keys = {"teacher": ("loss/teacher", "diag/eff_positives"), "continuation": ("loss/continuation",)}
   for key in ("loss", "grad_norm", "diag/dup_adjacent") + sum((keys.get(p, ()) for p in positives.split("+")), ()):
     assert np.isfinite(metrics[key]), (positives, key, metrics[key])
   assert metrics["grad_norm"] > 0
   assert any(k.startswith("loss/raw") for k in metrics) == ("data" in positives)
   assert ("loss/continuation_ce" in metrics) == (policy in ("continue", "repair"))
-  assert ("loss/mixture_ce" in metrics) == (positives == "teacher")
+  assert ("loss/mixture_ce" in metrics) == (policy == "resample")
   if "loss/mixture_ce" in metrics:  # Between 0 and a token no sample offers (log(V / 1e-4)).
-    assert 0 < metrics["loss/mixture_ce"] < np.log(50_257 / 1e-4)
+    assert 0 < metrics["loss/mixture_ce"] < np.log(v / 1e-4)
     # A random head's pooled bag is near uniform: its divergence from the real bag is about log V - entropy.
-    assert 1.0 < metrics["loss/mixture_bag"] < np.log(50_257)
+    assert 1.0 < metrics["loss/mixture_bag"] < np.log(v)
   assert ("loss/matched_ce" in metrics) == (policy == "repair")
   if "loss/matched_ce" in metrics:  # A random head: about log V per token, nearly every token off its match.
-    assert 1.0 < metrics["loss/matched_ce"] < 2 * np.log(50_257)
+    assert 1.0 < metrics["loss/matched_ce"] < 2 * np.log(v)
     assert 0.5 < metrics["diag/matched_changed"] <= 1
     # The bags: about log V under a random head; a random head shares almost no tokens with its match.
-    assert 1.0 < metrics["loss/matched_bag"] < 2 * np.log(50_257)
+    assert 1.0 < metrics["loss/matched_bag"] < 2 * np.log(v)
     assert 0 <= metrics["diag/matched_bag_overlap"] < 0.5
-  if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over 50,257 tokens: about log V.
-    assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(50_257)
+  if "loss/continuation_ce" in metrics:  # The smoke generator's head spreads over the V tokens: about log V.
+    assert 1.0 < metrics["loss/continuation_ce"] < 2 * np.log(v)
   assert ("diag/draft_changed" in metrics) == (policy == "continue")
   if policy == "continue":  # Two updates moved the LM's weight in the final logits off zero.
     assert 0 <= metrics["diag/draft_changed"] <= 1 and metrics["diag/draft_gate"] != 0
   assert ("diag/balance_keep" in metrics) == (policy == "repair")
   if policy == "repair":  # A random head's tokens are seldom in real rows: their weights are small or 0.
     assert 0 <= metrics["diag/balance_keep"] < 0.5
+  assert ("diag/choice_points" in metrics) == (policy == "coupled")
+  if policy == "coupled":  # The random smoke LM's min-p candidates: several at most positions.
+    assert 0 < metrics["diag/choice_points"] <= 1
   assert ("diag/layout_filler" in metrics) == (policy == "repair")
   if policy == "repair":  # The text fills the layout's first 32 of 40 positions or more: few fillers yet.
     assert 0 <= metrics["diag/layout_filler"] <= 0.2 and 0 <= metrics["diag/layout_short"] <= 1
@@ -250,7 +257,7 @@ def repair_ce_config(**drift):
   config.drift.positives = "continuation"
   config.drift.continuation_policy = "repair"
   config.drift.continuation_kernel = "own"
-  config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over 50,257 tokens.
+  config.drift.teacher_floor = 0.0  # The random smoke LM spreads its probability over the whole vocabulary.
   config.drift.continuation_ce_weight = 0.5
   for key, value in drift.items():
     config.drift[key] = value
@@ -296,3 +303,25 @@ def test_balance_settings_are_checked(positives, policy, power):
   config.drift.continuation_balance = power
   with pytest.raises(ValueError, match="continuation_balance"):
     train_state.step_config(config, 64, 100)
+
+
+@pytest.mark.parametrize(
+  "positives, policy, choices, layout, start",
+  [
+    ("data", "repair", 2, 0, 0),
+    ("continuation", "continue", 2, 0, 0),
+    ("continuation", "repair", 1, 0, 0),
+    ("continuation", "repair", 2, 8, 0),  # The noise is read at the text's positions, which a layout moves.
+    ("continuation", "repair", 0, 0, 16),  # A first position without choice points.
+    ("continuation", "repair", 2, 0, -1),
+  ],
+)
+def test_choice_settings_are_checked(positives, policy, choices, layout, start):
+  config = tiny_config()
+  config.model.head = "vocab"
+  config.drift.positives, config.drift.continuation_policy = positives, policy
+  config.drift.continuation_choices, config.drift.continuation_choices_from = choices, start
+  if layout:
+    config.model.layout_multiple, config.model.layout_positions = layout, 40
+  with pytest.raises(ValueError, match="continuation_choices"):
+    train_state.step_config(config, 64, 100, sentence_ends=(3,))

@@ -22,9 +22,15 @@ from driftjax import train_step
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(total_steps=6) -> ml_collections.ConfigDict:
-  """The smoke config, cut further so that each compile takes seconds."""
+SMALL_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "tiny_bpe")
+
+
+def tiny_config(total_steps=6, small_vocab=False) -> ml_collections.ConfigDict:
+  """The smoke config, cut further so that each compile takes seconds. small_vocab: the tokenizer is a 512-token
+  BPE (testdata/make_tiny_bpe.py) instead of GPT-2's 50,257, for programs that work over the whole vocabulary."""
   config = smoke.get_config()
+  if small_vocab:
+    config.encoder.tokenizer = SMALL_VOCAB
   config.drift.layers = (2,)
   config.drift.poolings = ("pos", "mean", "win4_std")
   config.data.n_gen = 8

@@ -240,8 +240,11 @@ def continue_samples(
   repeat_ngram: int = 0,
   uniforms: Array | None = None,
   token_weights: Array | None = None,
+  choices: int = 0,
+  choice_uniforms: Array | None = None,
+  choices_from: int = 0,
   block: int = 64,
-) -> tuple[Array, Array]:
+) -> tuple[Array, Array] | tuple[Array, Array, Array]:
   """The LM's continuations of given token rows (B, L), one pass with a KV cache (issue 14, docs/demo.md).
 
   The LM reads each row after a start token (end-of-text). At position t a row keeps its own token ids[t] when
@@ -259,10 +262,16 @@ def continue_samples(
   small change of the LM's probabilities rarely changes them); otherwise draws use `key`. token_weights (V,) in
   [0, 1]: a row's acceptable token v is kept only with probability token_weights[v] (a draw from `key` per row and
   position), and the LM's candidates are drawn with their probabilities times their weights (a token the batch
-  writes more often than real text loses the share it has too much; train_step.balance_weights). Call it under jit
-  (the training step does).
+  writes more often than real text loses the share it has too much; train_step.balance_weights). choices > 1 with
+  choice_uniforms (B, L) in [0, 1): at a choice point, a position where at least `choices` candidates are
+  acceptable (several tokens the LM finds about equally likely: a name, a colour), the row's token is the inverse
+  CDF at choice_uniforms[b, t] over those candidates in token-id order whether or not its own token was acceptable,
+  so which choice a row makes there is a function of the uniforms (its generator noise) and over many rows follows
+  the LM's probabilities; positions before choices_from are never choice points; every other position as above.
+  Call it under jit (the training step does).
 
-  Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was.
+  Returns the new rows (B, L) int32 and the first replaced position of each row (B,), L where none was; with
+  choices > 1 also the choice points (B, L) bool.
   """
   if policy not in ("continue", "repair", "ancestral"):
     raise ValueError(f"policy={policy!r}; expected continue, repair or ancestral")
@@ -272,11 +281,15 @@ def continue_samples(
     raise ValueError(f"sequence length {length} exceeds the model's {cfg.n_positions} positions")
   if uniforms is not None and uniforms.shape != ids.shape:
     raise ValueError(f"uniforms must be shaped like the rows {ids.shape}, got {uniforms.shape}")
+  if (choices > 1) != (choice_uniforms is not None) or choices == 1 or choices < 0:
+    raise ValueError(f"choices={choices} needs choice_uniforms and at least 2 candidates (0: off)")
+  if choice_uniforms is not None and choice_uniforms.shape != ids.shape:
+    raise ValueError(f"choice_uniforms must be shaped like the rows {ids.shape}, got {choice_uniforms.shape}")
   eos = cfg.eos_token_id
   k = min(top_k, cfg.vocab_size)
 
   def choose(logits, pos, carry, row):
-    own, u = row
+    own, u, u_choice = row
     diverged, ended, hist = carry
     # top_k of the logits themselves: of the softmax's output (a fusion), XLA:CPU sorts the whole vocabulary.
     top_logits, top_ids = jax.lax.top_k(logits, k)
@@ -301,16 +314,24 @@ def continue_samples(
       pick = _inverse_cdf_pick(scores, top_ids, u)
     sampled = jnp.take_along_axis(top_ids, pick[:, None], -1)[:, 0]
     keep = {"continue": acceptable & ~diverged, "repair": acceptable, "ancestral": jnp.zeros_like(acceptable)}[policy]
+    point = jnp.zeros_like(acceptable)
+    if choices > 1:  # At a choice point the uniform picks among the acceptable candidates, the own token or not.
+      point = (jnp.sum(ok, -1) >= choices) & ~ended & (pos >= choices_from)
+      chosen = jnp.take_along_axis(top_ids, _inverse_cdf_pick(scores, top_ids, u_choice)[:, None], -1)[:, 0]
+      sampled, keep = jnp.where(point, chosen, sampled), keep & ~point
     nxt = jnp.where(ended, eos, jnp.where(keep, own, sampled)).astype(jnp.int32)
-    replaced = ~keep & ~ended
+    replaced = ~keep & ~ended & ~(point & (nxt == own))  # A choice point that picks the own token replaced none.
     if repeat_ngram > 0:
       hist = jax.lax.dynamic_update_index_in_dim(hist, nxt, pos, axis=1)
-    return nxt, (diverged | replaced, ended | (nxt == eos), hist), (nxt, replaced)
+    return nxt, (diverged | replaced, ended | (nxt == eos), hist), (nxt, replaced, point)
 
   first = jnp.full((b,), eos, jnp.int32)
   hist = jnp.full((b, length), -1, jnp.int32) if repeat_ngram > 0 else None  # The new rows so far.
   carry = (jnp.zeros((b,), bool), jnp.zeros((b,), bool), hist)
-  xs = (ids.T.astype(jnp.int32), None if uniforms is None else uniforms.T.astype(jnp.float32))
-  _, (tokens, replaced) = decode_loop(model, first, length, choose, carry, xs, block)
+  as_xs = lambda u: None if u is None else u.T.astype(jnp.float32)
+  xs = (ids.T.astype(jnp.int32), as_xs(uniforms), as_xs(choice_uniforms))
+  _, (tokens, replaced, points) = decode_loop(model, first, length, choose, carry, xs, block)
   first_replaced = jnp.where(jnp.any(replaced, 0), jnp.argmax(replaced, 0), length)
+  if choices > 1:
+    return tokens.T, first_replaced, points.T
   return tokens.T, first_replaced
