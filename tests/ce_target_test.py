@@ -66,7 +66,7 @@ def test_the_cross_entropy_goes_to_the_draw_the_lm_finds_likeliest(tmp_path, mon
 
 @pytest.mark.parametrize("target, weight", [("best", 0.5), ("likeliest", 0.0)])
 def test_ce_target_settings_are_checked(target, weight):
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.drift.positives = "continuation"
   config.drift.continuation_ce_weight = weight

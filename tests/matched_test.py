@@ -156,7 +156,7 @@ def test_bag_overlap_counts_shared_tokens_with_their_counts():
   ],
 )
 def test_matched_settings_are_checked(head, weight, positions, n_pos, match):
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = head
   config.drift.matched_ce_weight = weight
   config.drift.matched_ce_positions = positions
@@ -170,7 +170,7 @@ def test_matched_settings_are_checked(head, weight, positions, n_pos, match):
 @pytest.mark.parametrize("weight, value", [(0.5, -1.0), (0.0, 1.0)])
 def test_matched_add_on_settings_are_checked(setting, weight, value):
   # The bags and the alignment's gap: never negative, and only beside the matched cross-entropy.
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.drift.matched_ce_weight = weight
   config.drift[setting] = value
@@ -181,7 +181,7 @@ def test_matched_add_on_settings_are_checked(setting, weight, value):
 def test_matched_rows_limit_the_matching_to_the_first_rows(tmp_path):
   # Rows 8-15 are the samples' own argmax tokens (each sample's cheapest match); with matched_ce_rows = n_gen = 8
   # the matching may only use rows 0-7, so the matched cross-entropy is theirs.
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.data.n_pos = 16
   config.drift.matched_ce_weight, config.drift.matched_ce_rows = 1.0, 8
@@ -237,7 +237,7 @@ def test_the_window_takes_the_nearest_opening_around_the_noise_quantile():
 
 
 def noise_coupled_trainer(tmp_path):
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.drift.matched_ce_weight, config.drift.matched_ce_positions = 1.0, 3
   config.drift.matched_ce_coupling = "noise"
@@ -289,7 +289,7 @@ def test_noise_coupled_matching_pulls_each_sample_to_the_opening_at_its_noise(tm
   ],
 )
 def test_noise_coupling_settings_are_checked(settings, match):
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.drift.matched_ce_weight, config.drift.matched_ce_coupling = 1.0, "noise"
   for name, value in settings.items():

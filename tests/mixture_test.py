@@ -65,7 +65,7 @@ def test_gradient_credits_each_sample_by_its_share_of_the_real_token():
   ],
 )
 def test_mixture_settings_are_checked(head, weight, positions, match):
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = head
   config.drift.mixture_ce_weight = weight
   config.drift.mixture_ce_positions = positions
@@ -135,7 +135,7 @@ def test_the_pooled_bag_of_pairs_counts_adjacent_tokens_in_order():
   "head, weight, n", [("embedding", 0.5, 1), ("vocab", -1.0, 1), ("vocab", 0.5, 0), ("vocab", 0.5, 4)]
 )
 def test_mixture_bag_settings_are_checked(head, weight, n):
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = head
   config.drift.mixture_bag_weight = weight
   config.drift.mixture_bag_n = n
@@ -153,7 +153,7 @@ def test_mixture_bag_settings_are_checked(head, weight, n):
 def bag_of_pairs_setup(tmp_path, target: str):
   """A tiny vocab-head trainer with the pooled bag of pairs against `target`, random head logits and
   generated_loss's positional arguments for them."""
-  config = tiny_config()
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.drift.mixture_bag_weight, config.drift.mixture_bag_n = 1.0, 2
   config.drift.mixture_bag_target = target

@@ -19,6 +19,7 @@ from configs import smoke
 from driftjax import build
 from driftjax import checkpoint
 from driftjax import train_state
+from conftest import xla_flags
 from train_test import saved_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +109,7 @@ class TwoHosts:
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
         JAX_NUM_PROCESSES="2",
         JAX_PROCESS_ID=str(i),
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"),
       )
       cmd = [sys.executable, "-m", "driftjax.main", "--config=configs/smoke.py", f"--workdir={workdir}", *flags]
       with open(log, "w") as f:
@@ -167,7 +168,7 @@ def test_two_processes_train_stop_on_sigterm_and_resume_like_one(tmp_path):
   proc = subprocess.run(
     [sys.executable, "-c", REFERENCE, workdir, str(k + 2), reference],
     cwd=ROOT,
-    env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+    env=_env(XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4")),
     capture_output=True,
     text=True,
     timeout=240,

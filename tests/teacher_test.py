@@ -250,8 +250,8 @@ def test_diagnostics_count_duplicates_before_the_end_and_effective_positives():
 
 def repair_ce_config(**drift):
   """The smoke config with the demo's kind of step: repairs, each sample's own, a vocab head, the repairs'
-  cross-entropy at 0.5; plus the given drift settings."""
-  config = tiny_config()
+  cross-entropy at 0.5; plus the given drift settings. The 512-token test vocabulary."""
+  config = tiny_config(small_vocab=True)
   config.model.head = "vocab"
   config.model.vocab_mode = "straight_through"
   config.drift.positives = "continuation"
@@ -268,7 +268,7 @@ def test_continuation_cross_entropy_starts_at_its_step(tmp_path):
   trainer = train.setup(repair_ce_config(continuation_ce_start=3), str(tmp_path))
   cfg = trainer.cfg
   out = jax.random.normal(jax.random.key(0), (cfg.n_gen, cfg.gen.seq_len, cfg.gen.vocab_size))
-  # The outputs are an argument, not a constant of the program: closing over the (8, 32, 50,257) array made XLA
+  # The outputs are an argument, not a constant of the program: closing over a (8, 32, 50,257) array made XLA
   # fold it into the program, and compiling took minutes instead of seconds.
   loss = jax.jit(
     lambda out, step: step_lib.generated_loss(trainer.encoder, out, None, None, cfg, key=jax.random.key(1), step=step)
