@@ -65,8 +65,9 @@ def test_paper_variant_is_pure_feature_matching():
   # Real stories: the demo's step without the pooled bag of pairs (docs/demo.md, "Real stories").
   stories = train_state.step_config(tinystories_config.get_config(), out_dim=32, vocab_size=300)
   assert stories.mixture_bag_weight == 0 and stories.matched_ce_weight == demo_step.matched_ce_weight
-  assert stories.teacher_top_k == 8 and stories.teacher_min_ratio == 0  # Its report's rule: min-p is untried there.
-  assert stories.n_pos == 32  # Its report's real stories per step.
+  # The synthetic demo's min-p repairs and real stories per step (session 23's report).
+  assert (stories.teacher_top_k, stories.teacher_min_ratio) == (demo_step.teacher_top_k, demo_step.teacher_min_ratio)
+  assert stories.n_pos == demo_step.n_pos
   for config in (demo_config.get_config(), tinystories_config.get_config()):  # The data row as large as the samples.
     assert config.sample.n_samples <= config.data.holdout
 
