@@ -521,13 +521,12 @@ VARIANTS = {
   # inverse CDF at Phi(noise[b, t, 0]) over them, whatever the sample wrote; elsewhere the four repairs draw
   # independently as in the demo. The choice is then a function of the noise at its own position (a staircase of
   # 8-12 steps, against session 21's 1,536 openings), and over many samples it follows the LM's even probabilities.
-  # After the matched opening (16 positions), whose targets already decide its choices; and from the start.
+  # After the matched opening (16 positions), whose targets already decide its choices (docs/demo.md, session 23).
   "demo18, choice points follow the noise after the opening": {
     **DEMO_18,
     "drift.continuation_choices": 2,
     "drift.continuation_choices_from": 16,
   },
-  "demo18, choice points follow the noise": {**DEMO_18, "drift.continuation_choices": 2},
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one

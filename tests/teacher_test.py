@@ -312,7 +312,7 @@ def test_balance_settings_are_checked(positives, policy, power):
     ("continuation", "continue", 2, 0, 0),
     ("continuation", "repair", 1, 0, 0),
     ("continuation", "repair", 2, 8, 0),  # The noise is read at the text's positions, which a layout moves.
-    ("continuation", "repair", 0, 0, 16),  # A first position without choice points.
+    ("continuation", "repair", 0, 0, 16),  # A first choice position while choice points are off.
     ("continuation", "repair", 2, 0, -1),
   ],
 )
