@@ -314,13 +314,15 @@ def continue_samples(
       pick = _inverse_cdf_pick(scores, top_ids, u)
     sampled = jnp.take_along_axis(top_ids, pick[:, None], -1)[:, 0]
     keep = {"continue": acceptable & ~diverged, "repair": acceptable, "ancestral": jnp.zeros_like(acceptable)}[policy]
-    point = jnp.zeros_like(acceptable)
+    point = None  # Without choice points the loop neither computes nor returns them.
     if choices > 1:  # At a choice point the uniform picks among the acceptable candidates, the own token or not.
       point = (jnp.sum(ok, -1) >= choices) & ~ended & (pos >= choices_from)
       chosen = jnp.take_along_axis(top_ids, _inverse_cdf_pick(scores, top_ids, u_choice)[:, None], -1)[:, 0]
       sampled, keep = jnp.where(point, chosen, sampled), keep & ~point
     nxt = jnp.where(ended, eos, jnp.where(keep, own, sampled)).astype(jnp.int32)
-    replaced = ~keep & ~ended & ~(point & (nxt == own))  # A choice point that picks the own token replaced none.
+    replaced = ~keep & ~ended
+    if point is not None:  # A choice point that picks the row's own token replaced none.
+      replaced = replaced & ~(point & (nxt == own))
     if repeat_ngram > 0:
       hist = jax.lax.dynamic_update_index_in_dim(hist, nxt, pos, axis=1)
     return nxt, (diverged | replaced, ended | (nxt == eos), hist), (nxt, replaced, point)
