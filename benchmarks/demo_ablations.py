@@ -527,6 +527,15 @@ VARIANTS = {
     "drift.continuation_choices": 2,
     "drift.continuation_choices_from": 16,
   },
+  # Session 24. A repetition penalty in the repairs (drift.continuation_repeat_penalty): the LM's log-probability of
+  # a token is lowered by 2 nats for each time it stands among the repair's last 3 tokens, so "Lucy asked
+  # Lucy", "Sue and Sue" and ",," (the grammar never makes the friend the main character) are redrawn, while the
+  # grammar's certain repeats (a name after a full stop, the object) still beat the other candidates.
+  "demo18, repetition penalty 2 within 3 tokens": {
+    **DEMO_18,
+    "drift.continuation_repeat_penalty": 2.0,
+    "drift.continuation_repeat_window": 3,
+  },
   # Noise-coupled repairs: where the LM redraws a token, the draw is the inverse CDF at Phi(noise[b, t, 0]), so a
   # sample's repair is a function of its noise and the cross-entropy's target does not change from step to step
   # (the demo's four independent repairs disagree at 22-28% of positions, which the head then averages); one

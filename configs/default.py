@@ -123,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   # its share of the samples') ** this, so an over-written choice (one colour of eight) is redrawn in part among
   # the LM's candidates. Needs data.n_pos real rows in the step. 0: off.
   config.drift.continuation_balance = 0.0
+  # > 0: the sequential continuations' LM lowers each token's log-probability by this many nats for every time it
+  # stands among the new row's last continuation_repeat_window tokens (0: anywhere before), before its top-k and
+  # min-p tests (a repetition penalty: the repairs stop endorsing a small LM's loops). 0: off.
+  config.drift.continuation_repeat_penalty = 0.0
+  config.drift.continuation_repeat_window = 0
   # >= 2: where at least this many of the LM's candidates are acceptable (a choice point: a name, a colour), the
   # repair's token is the inverse CDF at the sample's Phi(noise[:, t, 0]) over them, whatever the sample wrote: the
   # choice becomes a function of the noise the generator reads there. Needs the "repair" policy. 0: off.

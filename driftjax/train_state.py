@@ -60,6 +60,8 @@ def step_config(
     continuation_ce_start=config.drift.get("continuation_ce_start", 0),
     continuation_ce_target=config.drift.get("continuation_ce_target", "draws"),
     continuation_balance=config.drift.get("continuation_balance", 0.0),
+    continuation_repeat_penalty=config.drift.get("continuation_repeat_penalty", 0.0),
+    continuation_repeat_window=config.drift.get("continuation_repeat_window", 0),
     continuation_choices=config.drift.get("continuation_choices", 0),
     continuation_choices_from=config.drift.get("continuation_choices_from", 0),
     mixture_ce_weight=config.drift.get("mixture_ce_weight", 0.0),

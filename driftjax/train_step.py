@@ -104,6 +104,13 @@ class StepConfig:
   # rows. 0: off. At 1 and 1/2 in the demo's probe it broke sentences (a redrawn name rewrites the rest of the
   # story; docs/demo.md, session 22).
   continuation_balance: float = 0.0
+  # > 0: the sequential continuations' LM lowers each token's log-probability by this many nats for every time it
+  # stands among the new row's last continuation_repeat_window tokens (0: anywhere before), before its top-k and
+  # min-p tests (a repetition penalty that grows with the repeats): a word the row just wrote is kept or drawn only
+  # where it beats the other candidates by that much, so a tiny LM's repairs stop endorsing loops ("Timmy, Timmy,
+  # Timmy", ",,,,"). 0: off.
+  continuation_repeat_penalty: float = 0.0
+  continuation_repeat_window: int = 0
   # >= 2: the repairs' choice points follow the noise. Where at least this many candidates are acceptable to the LM
   # (several about equally likely tokens: a name, a colour), the repair's token is the inverse CDF at the sample's
   # Phi(noise[b, t, 0]) over them in token-id order, whatever the sample wrote there; elsewhere the repair is as
@@ -231,6 +238,17 @@ class StepConfig:
         f"drift.continuation_choices={self.continuation_choices} must be 0 (off) or >= 2 and needs the repair policy "
         "without model.layout_multiple (the noise is read at the text's positions)"
       )
+    if self.continuation_repeat_penalty < 0 or self.continuation_repeat_window < 0:
+      raise ValueError(
+        f"drift.continuation_repeat_penalty={self.continuation_repeat_penalty} and "
+        f"continuation_repeat_window={self.continuation_repeat_window} must be >= 0"
+      )
+    if self.continuation_repeat_window and not self.continuation_repeat_penalty:
+      raise ValueError("drift.continuation_repeat_window needs drift.continuation_repeat_penalty > 0")
+    if self.continuation_repeat_penalty and (
+      not self.uses_continuation or self.continuation_policy not in ("continue", "repair", "ancestral")
+    ):
+      raise ValueError("drift.continuation_repeat_penalty needs sequential continuations (continue, repair, ancestral)")
     if self.continuation_choices_from < 0 or (self.continuation_choices_from and not self.continuation_choices):
       raise ValueError(
         f"drift.continuation_choices_from={self.continuation_choices_from} must be >= 0 and needs continuation_choices"
@@ -805,6 +823,8 @@ def generated_loss(
       min_ratio=cfg.teacher_min_ratio,
       policy=cfg.continuation_policy,
       repeat_ngram=cfg.teacher_repeat_ngram,
+      repeat_penalty=cfg.continuation_repeat_penalty,
+      repeat_window=cfg.continuation_repeat_window,
       temperature=cfg.continuation_temperature,
     )
     if cfg.continuation_balance:

@@ -226,6 +226,71 @@ def test_greedy_repair_replaces_unacceptable_tokens_by_the_lms_likeliest_and_ign
   assert replaced > 0
 
 
+@pytest.mark.parametrize("penalty,window", [(1.5, 3), (0.7, 0)])
+def test_repeat_penalty_lowers_recent_tokens_before_the_repairs_tests(lm, penalty, window):
+  """repeat_penalty: at each position the greedy repair tests and draws under the LM's log-probabilities (full
+  forward, no cache, on the new prefix) less `penalty` times each token's count among the new row's last `window`
+  tokens (0: all before): kept tokens pass top-k / floor / min-p there, replaced ones are its likeliest."""
+  ids = np.array(_rows(lm, seed=11, n=8))
+  ids[:, 5:] = ids[:, 3:5].repeat(3, 1)[:, : LENGTH - 5]  # A loop the LM may endorse.
+  kw = {"top_k": 3, "floor": 0.05, "min_ratio": 0.2, "policy": "repair", "temperature": 0.0}
+  out = np.asarray(
+    kv_decode.continue_samples(
+      lm, jax.random.key(0), jnp.asarray(ids), repeat_penalty=penalty, repeat_window=window, **kw
+    )[0]
+  )
+  plain = np.asarray(kv_decode.continue_samples(lm, jax.random.key(0), jnp.asarray(ids), **kw)[0])
+  lm_in = jnp.concatenate([jnp.full((len(out), 1), EOS), jnp.asarray(out)[:, :-1]], axis=1)
+  logp = np.asarray(jax.nn.log_softmax(lm(input_ids=lm_in, logits=True)["logits"], -1))
+  ended = np.cumsum(out == EOS, 1) - (out == EOS) > 0
+  replaced = 0
+  for b in range(len(out)):
+    for t in range(LENGTH):
+      if ended[b, t]:
+        continue
+      before = out[b, max(0, t - window) : t] if window else out[b, :t]
+      scores = logp[b, t] - penalty * np.bincount(before, minlength=VOCAB)
+      probs = np.exp(scores - np.logaddexp.reduce(scores))
+      kth, top = -np.sort(-probs)[2], probs.max()
+      ok = (probs >= kth) & (probs >= 0.05) & (probs >= 0.2 * top)
+      if ok[ids[b, t]]:
+        assert out[b, t] == ids[b, t], (b, t)
+      else:
+        assert out[b, t] == probs.argmax(), (b, t)
+        replaced += 1
+  assert replaced > 0
+  assert (out != plain).any()  # The penalty changed some repair.
+
+
+def test_a_large_repeat_penalty_leaves_no_token_twice_in_its_window(lm):
+  ids = np.array(_rows(lm, seed=12, n=16))
+  out = np.asarray(
+    kv_decode.continue_samples(
+      lm, jax.random.key(3), jnp.asarray(ids), top_k=4, floor=0.0, policy="repair", repeat_penalty=50.0, repeat_window=4
+    )[0]
+  )
+  # The rows themselves repeat tokens within 4 positions (24 tokens, 10 positions), so the penalty has work.
+  assert any(ids[b, t] in ids[b, max(0, t - 4) : t] for b in range(len(ids)) for t in range(1, LENGTH))
+  for b in range(len(out)):
+    live = out[b][: (list(out[b]) + [EOS]).index(EOS)]
+    for t in range(1, len(live)):
+      assert live[t] not in live[max(0, t - 4) : t], (b, t, live)
+
+
+@pytest.mark.parametrize("penalty,window", [(-1.0, 0), (1.0, -2), (0.0, 3)])
+def test_bad_repeat_penalty_settings_are_errors(lm, penalty, window):
+  with pytest.raises(ValueError, match="repeat_penalty"):
+    kv_decode.continue_samples(
+      lm,
+      jax.random.key(0),
+      jnp.zeros((2, LENGTH), jnp.int32),
+      top_k=3,
+      floor=0.0,
+      repeat_penalty=penalty,
+      repeat_window=window,
+    )
+
+
 def test_the_loop_takes_the_top_k_without_sorting_the_vocabulary(lm):
   # XLA:CPU lowers top_k of a fused input (the softmax's probabilities) to a sort of the whole vocabulary at every
   # position (the demo's repairs took 8x longer, docs/benchmarks.md); of the logits it keeps its TopK kernel.

@@ -55,6 +55,8 @@ def test_positive_settings_are_checked():
     ("continuation_coupling", "pairs", "continuation_coupling"),
     ("continuation_temperature", -1.0, "continuation_temperature"),
     ("teacher_min_ratio", 1.5, "teacher_min_ratio"),
+    ("continuation_repeat_penalty", -1.0, "continuation_repeat_penalty"),
+    ("continuation_repeat_window", 4, "continuation_repeat_window"),  # A window without a penalty.
   ):
     config = tiny_config()
     config.drift.positives = "data+continuation"
@@ -70,6 +72,19 @@ def test_noise_coupling_needs_a_sequential_policy():
   config.drift.continuation_policy = "resample"
   with pytest.raises(ValueError, match="sequential policy"):
     train_state.step_config(config, 64, 100)
+
+
+def test_the_repeat_penalty_needs_sequential_continuations():
+  config = tiny_config()
+  config.drift.positives = "continuation"
+  config.drift.continuation_policy = "repair"
+  config.drift.continuation_repeat_penalty, config.drift.continuation_repeat_window = 1.0, 8
+  step = train_state.step_config(config, 64, 100)
+  assert (step.continuation_repeat_penalty, step.continuation_repeat_window) == (1.0, 8)
+  for positives, policy in (("continuation", "resample"), ("data", "repair")):
+    config.drift.positives, config.drift.continuation_policy = positives, policy
+    with pytest.raises(ValueError, match="sequential continuations"):
+      train_state.step_config(config, 64, 100)
 
 
 def test_noise_coupling_does_not_take_a_slotted_layout():

@@ -139,8 +139,9 @@ def test_train_step_with_teacher_positives_is_finite_and_compiles_once(tmp_path,
     config.model.layout_multiple, config.model.layout_positions = 8, 40
   if policy in ("continue", "repair"):
     config.drift.continuation_ce_weight = 0.5
-  if policy == "continue":
+  if policy == "continue":  # And the continuations' repetition penalty on the last 4 tokens.
     config.drift.continuation_ce_target = "likeliest"
+    config.drift.continuation_repeat_penalty, config.drift.continuation_repeat_window = 1.0, 4
   if policy == "repair":  # And each sample's cross-entropy toward its matched real row: first 6 tokens
     # aligned, bags; the repairs balanced against the real rows' tokens.
     config.drift.continuation_balance = 1.0

@@ -238,6 +238,8 @@ def continue_samples(
   policy: str = "continue",
   temperature: float = 1.0,
   repeat_ngram: int = 0,
+  repeat_penalty: float = 0.0,
+  repeat_window: int = 0,
   uniforms: Array | None = None,
   token_weights: Array | None = None,
   choices: int = 0,
@@ -256,7 +258,11 @@ def continue_samples(
   repaired tokens before it); "ancestral": no token of the row is kept (the LM's own sample from the start token,
   among the same candidates). repeat_ngram n > 0: a token that would repeat
   an n-gram already in the new row (ngram_repeats) is neither acceptable nor a candidate (the top candidate is
-  still taken when every one repeats). After a row's first end-of-text every token is end-of-text (padding, as
+  still taken when every one repeats). repeat_penalty p > 0: the LM's log-probability of each token is lowered by p
+  for every time it stands among the new row's last repeat_window tokens (0: anywhere before), before any of the
+  above (a repetition penalty that grows with the repeats: a word the row wrote once must beat the others by p nats
+  to be kept or drawn, one it wrote four times by 4p, so loops such as ",,,," are broken where the LM endorses
+  them). After a row's first end-of-text every token is end-of-text (padding, as
   in real rows). uniforms (B, L) in [0, 1): the LM's draw at position t of row b is then the inverse CDF at
   uniforms[b, t] over the candidates in token-id order (a coupling: the draws are a function of the uniforms, and a
   small change of the LM's probabilities rarely changes them); otherwise draws use `key`. token_weights (V,) in
@@ -285,12 +291,24 @@ def continue_samples(
     raise ValueError(f"choices={choices} needs choice_uniforms and at least 2 candidates (0: off)")
   if choice_uniforms is not None and choice_uniforms.shape != ids.shape:
     raise ValueError(f"choice_uniforms must be shaped like the rows {ids.shape}, got {choice_uniforms.shape}")
+  if repeat_penalty < 0 or repeat_window < 0 or (repeat_window and not repeat_penalty):
+    raise ValueError(
+      f"repeat_penalty={repeat_penalty} and repeat_window={repeat_window} must be >= 0 (a window needs a penalty)"
+    )
   eos = cfg.eos_token_id
   k = min(top_k, cfg.vocab_size)
+  keep_hist = repeat_ngram > 0 or repeat_penalty > 0
 
   def choose(logits, pos, carry, row):
     own, u, u_choice = row
     diverged, ended, hist = carry
+    if repeat_penalty > 0:  # Lower each token by its count among the row's last repeat_window (0: all) new tokens.
+      s = jnp.arange(length)
+      recent = (s < pos) & ((s >= pos - repeat_window) if repeat_window else True)
+      vocab = logits.shape[-1]
+      cols = jnp.where(recent[None, :], hist, vocab)  # Out of range: dropped.
+      seen = jnp.zeros(logits.shape, jnp.float32).at[jnp.arange(b)[:, None], cols].add(1.0, mode="drop")
+      logits = logits - repeat_penalty * seen
     # top_k of the logits themselves: of the softmax's output (a fusion), XLA:CPU sorts the whole vocabulary.
     top_logits, top_ids = jax.lax.top_k(logits, k)
     top_p = jnp.exp(top_logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True))
@@ -323,12 +341,12 @@ def continue_samples(
     replaced = ~keep & ~ended
     if point is not None:  # A choice point that picks the row's own token replaced none.
       replaced = replaced & ~(point & (nxt == own))
-    if repeat_ngram > 0:
+    if keep_hist:
       hist = jax.lax.dynamic_update_index_in_dim(hist, nxt, pos, axis=1)
     return nxt, (diverged | replaced, ended | (nxt == eos), hist), (nxt, replaced, point)
 
   first = jnp.full((b,), eos, jnp.int32)
-  hist = jnp.full((b, length), -1, jnp.int32) if repeat_ngram > 0 else None  # The new rows so far.
+  hist = jnp.full((b, length), -1, jnp.int32) if keep_hist else None  # The new rows so far.
   carry = (jnp.zeros((b,), bool), jnp.zeros((b,), bool), hist)
   as_xs = lambda u: None if u is None else u.T.astype(jnp.float32)
   xs = (ids.T.astype(jnp.int32), as_xs(uniforms), as_xs(choice_uniforms))
