@@ -36,6 +36,7 @@ REPORT_KEYS = (
   "gen_ppl_encoder",
   "entropy",
   "grammatical_rate",
+  "story_rate",
   "copy_rate",
   "coverage_tv",
   "distinct_samples",

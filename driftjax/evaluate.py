@@ -41,6 +41,7 @@ TABLE_KEYS = (
   "mean_tokens",
   "mauve",
   "grammatical_rate",
+  "story_rate",
   "copy_rate",
   "coverage_tv",
   "distinct_samples",
@@ -99,6 +100,7 @@ def score(token_lists, tokenizer, evaluator, eval_tok, config, encoder=None) -> 
     result["gen_ppl_encoder"] = text_metrics.gen_ppl(encoder, tokenizer, texts, ended=ended)
   if config.data.source == "synthetic":  # The grammar can check the text itself.
     result["grammatical_rate"] = float(np.mean([synthetic.grammatical_rate(t) for t in texts]))
+    result["story_rate"] = synthetic.story_rate(texts)  # Whole stories: slots that agree across sentences.
     result["copy_rate"] = synthetic.copy_rate(texts, training_documents(build.corpus(config)))
   return result
 

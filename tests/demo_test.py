@@ -94,8 +94,9 @@ def test_demo_end_to_end_writes_the_report_and_reuses_its_work(tmp_path, capsys)
   report = demo.run(config, workdir)
   assert sorted(report["rows"]) == ["ar", "data", "final", "init"]
   for row in report["rows"].values():
-    assert {"gen_ppl", "entropy", "grammatical_rate", "copy_rate", "distinct_2", "self_bleu"} <= set(row)
+    assert {"gen_ppl", "entropy", "grammatical_rate", "story_rate", "copy_rate", "distinct_2", "self_bleu"} <= set(row)
     assert row["gen_ppl"] > 1
+    assert 0.0 <= row["story_rate"] <= row["grammatical_rate"]
   assert report["rows"]["data"]["copy_rate"] == 0.0  # Held-out stories are never training stories.
   assert 0.0 < report["rows"]["data"]["grammatical_rate"] <= 1.0  # 32 tokens cut stories: fragments count.
   assert report["train_steps"] == 4 and set(report["targets"]) >= {"grammatical_rate", "copy_rate", "coverage_tv"}

@@ -3,7 +3,9 @@
 Stories follow a small plot arc: an opening that introduces a character, a place and a liking, an outing, a
 problem with an object, help from a friend, a resolution and an ending. Every sentence comes from one of the
 templates below, filled from word lists, so the checker can tell which sentences the grammar can produce
-(`grammatical_rate`) and which samples repeat a training story exactly (`copy_rate`).
+(`grammatical_rate`), which whole stories it can produce (`story_rate`: the stages in order, one value per slot,
+a friend other than the main character, the name's pronouns) and which samples repeat a training story exactly
+(`copy_rate`).
 generate_stories(n, seed) is deterministic for a seed and unlimited in n.
 """
 
@@ -104,12 +106,19 @@ def _alternation(choices: Iterable[str]) -> str:
   return "(?:" + "|".join(re.escape(c) for c in sorted(set(choices), key=len, reverse=True)) + ")"
 
 
-def _sentence_patterns() -> re.Pattern:
-  names = _alternation(NAMES)
+def _slot_patterns() -> dict[str, str]:
+  """{slot: the regular expression of its choices}; the fix ("got the {object} back") holds an object."""
   objects = _alternation(SLOTS["object"])
   slot_re = {k: _alternation(v) for k, v in SLOTS.items() if k != "fix"}
   slot_re["fix"] = "(?:" + "|".join(re.escape(f).replace(re.escape("{object}"), objects) for f in SLOTS["fix"]) + ")"
-  slot_re.update(name=names, friend=names, pron="(?:she|he)", Pron="(?:She|He)", pron2="(?:her|his)")
+  slot_re.update(
+    name=_alternation(NAMES), friend=_alternation(NAMES), pron="(?:she|he)", Pron="(?:She|He)", pron2="(?:her|his)"
+  )
+  return slot_re
+
+
+def _sentence_patterns() -> re.Pattern:
+  slot_re = _slot_patterns()
   alts = []
   for templates in STAGES:
     for t in templates:
@@ -137,6 +146,69 @@ def grammatical_rate(text: str) -> float:
   return sum(bool(_PATTERN.fullmatch(s)) for s in sentences) / len(sentences)
 
 
+_STAGE_PATTERNS = None
+
+
+def _stage_patterns() -> list[list[re.Pattern]]:
+  """Per stage, one pattern per template with a named group per slot; a slot said twice in a template must repeat
+  its value (a backreference), as the grammar fills it once. The fix ("got the {object} back") is one group."""
+  slot_re = _slot_patterns()
+  stages = []
+  for templates in STAGES:
+    patterns = []
+    for t in templates:
+      body, seen = [], set()
+      for p in re.split(r"(\{\w+\})", t):
+        if not p.startswith("{"):
+          body.append(re.escape(p))
+          continue
+        slot = p[1:-1]
+        body.append(f"(?P={slot})" if slot in seen else f"(?P<{slot}>{slot_re[slot]})")
+        seen.add(slot)
+      patterns.append(re.compile("".join(body)))
+    stages.append(patterns)
+  return stages
+
+
+def story_parse(text: str) -> dict[str, str] | None:
+  """The grammar's slot values of a whole story, or None when the grammar cannot produce the text: each sentence
+  from its stage's templates with the stages in order (the second may be left out), every slot one value
+  throughout, the friend not the main character, and the main character's pronouns those of the name."""
+  global _STAGE_PATTERNS
+  if _STAGE_PATTERNS is None:
+    _STAGE_PATTERNS = _stage_patterns()
+  sentences = split_sentences(text)
+  stages = [0] + list(range(2, len(STAGES))) if len(sentences) == len(STAGES) - 1 else list(range(len(STAGES)))
+  if len(sentences) != len(stages):
+    return None
+  values: dict[str, str] = {}
+  for sentence, stage in zip(sentences, stages):
+    m = next((m for p in _STAGE_PATTERNS[stage] if (m := p.fullmatch(sentence))), None)
+    if m is None:
+      return None
+    found = m.groupdict()
+    if "fix" in found:  # The fix's object is the story's object.
+      fix = found.pop("fix")
+      found["object"] = next(o for o in SLOTS["object"] if re.search(rf"\b{o}\b", fix))
+    for slot, value in found.items():
+      if values.setdefault(slot, value) != value:
+        return None
+  if values.get("friend") == values["name"]:
+    return None
+  pron = NAMES[values["name"]]
+  want = {"pron": pron, "Pron": pron.capitalize(), "pron2": POSSESSIVE[pron]}
+  if any(values.get(k, v) != v for k, v in want.items()):
+    return None
+  return values
+
+
+def story_rate(samples: Sequence[str]) -> float:
+  """Share of the samples that the grammar can produce as whole stories (story_parse): stricter than
+  grammatical_rate, which checks each sentence alone ("Lucy asked Lucy the dog for help." is a grammatical
+  sentence; the grammar never makes the friend the main character)."""
+  return sum(story_parse(t) is not None for t in samples) / len(samples) if samples else 0.0
+
+
 def copy_rate(samples: Sequence[str], training: Iterable[str]) -> float:
   """Share of samples that are exactly (up to surrounding whitespace) a training story."""
   seen = {t.strip() for t in training}
@@ -162,41 +234,16 @@ COVERAGE_SLOTS = (
   "time",
 )
 NONE = "(none)"  # The slot never appears in a grammatical sentence of the story.
-_TEMPLATE_PATTERNS = None
-
-
-def _template_patterns() -> list[re.Pattern]:
-  """One pattern per template with a named group per slot (a pattern cannot repeat a group name)."""
-  objects = _alternation(SLOTS["object"])
-  slot_re = {k: _alternation(v) for k, v in SLOTS.items() if k != "fix"}
-  slot_re["fix"] = "(?:" + "|".join(re.escape(f).replace(re.escape("{object}"), objects) for f in SLOTS["fix"]) + ")"
-  slot_re.update(
-    name=_alternation(NAMES), friend=_alternation(NAMES), pron="(?:she|he)", Pron="(?:She|He)", pron2="(?:her|his)"
-  )
-  patterns = []
-  for templates in STAGES:
-    for t in templates:
-      parts = re.split(r"(\{\w+\})", t)
-      seen, body = set(), []
-      for p in parts:
-        if not p.startswith("{"):
-          body.append(re.escape(p))
-          continue
-        slot = p[1:-1]
-        body.append(f"(?P<{slot}>{slot_re[slot]})" if slot not in seen else slot_re[slot])
-        seen.add(slot)
-      patterns.append(re.compile("".join(body)))
-  return patterns
 
 
 def story_choices(text: str) -> dict[str, str]:
   """{slot: value} of COVERAGE_SLOTS, each from the first grammatical sentence that holds it (else NONE)."""
-  global _TEMPLATE_PATTERNS
-  if _TEMPLATE_PATTERNS is None:
-    _TEMPLATE_PATTERNS = _template_patterns()
+  global _STAGE_PATTERNS
+  if _STAGE_PATTERNS is None:
+    _STAGE_PATTERNS = _stage_patterns()
   found = {}
   for sentence in split_sentences(text):
-    for pattern in _TEMPLATE_PATTERNS:
+    for pattern in (p for stage in _STAGE_PATTERNS for p in stage):
       m = pattern.fullmatch(sentence)
       if m:
         for slot, value in m.groupdict().items():
