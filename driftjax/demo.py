@@ -52,8 +52,9 @@ REPORT_KEYS = (
 
 def targets(rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
   """The demo's targets (issue 14), each with its measured value and whether it holds. gen_ppl is under the
-  independent evaluator. Synthetic corpus: grammar, copies, coverage of the grammar's choices, distinct samples;
-  real text (no grammar to check): gen-PPL against the encoder LM's own samples (ar) and the data."""
+  independent evaluator. Both corpora: at least 95% of the samples distinct (so that one good story, repeated,
+  passes nothing: its own entropy can be the data's). Synthetic corpus: grammar, copies, coverage of the grammar's
+  choices; real text (no grammar to check): gen-PPL against the encoder LM's own samples (ar) and the data."""
   init, final, data, ar = rows["init"], rows["final"], rows["data"], rows["ar"]
   out = {
     "gen_ppl_init_over_final": (init["gen_ppl"] / final["gen_ppl"], ">= 10", lambda v: v >= 10),
@@ -62,13 +63,13 @@ def targets(rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
       "<= 0.1",
       lambda v: v <= 0.1,
     ),
+    "distinct_samples": (final["distinct_samples"], ">= 0.95", lambda v: v >= 0.95),
   }
   if "grammatical_rate" in final:
     out["gen_ppl_final_over_data"] = (final["gen_ppl"] / data["gen_ppl"], "<= 2", lambda v: v <= 2)
     out["grammatical_rate"] = (final["grammatical_rate"], ">= 0.9", lambda v: v >= 0.9)
     out["copy_rate"] = (final["copy_rate"], "< 0.05", lambda v: v < 0.05)
     out["coverage_tv"] = (final["coverage_tv"], "<= 0.15", lambda v: v <= 0.15)
-    out["distinct_samples"] = (final["distinct_samples"], ">= 0.95", lambda v: v >= 0.95)
   else:
     out["gen_ppl_final_over_ar"] = (final["gen_ppl"] / ar["gen_ppl"], "<= 2", lambda v: v <= 2)
     out["gen_ppl_final_over_data"] = (final["gen_ppl"] / data["gen_ppl"], "<= 4", lambda v: v <= 4)

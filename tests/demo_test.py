@@ -44,6 +44,9 @@ def test_targets_measure_each_goal():
   assert "grammatical_rate" not in t and "coverage_tv" not in t
   assert t["gen_ppl_final_over_ar"]["value"] == pytest.approx(2.5) and not t["gen_ppl_final_over_ar"]["met"]
   assert t["gen_ppl_final_over_data"] == {"value": pytest.approx(3.0), "target": "<= 4", "met": True}
+  assert t["distinct_samples"]["met"]
+  rows["final"]["distinct_samples"] = 3 / 128  # One story, repeated: its entropy may be the data's.
+  assert not demo.targets(rows)["distinct_samples"]["met"]
 
 
 def test_paper_variant_is_pure_feature_matching():
